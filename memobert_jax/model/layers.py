@@ -1,0 +1,91 @@
+"""Building blocks with logical axis names on every parameter.
+
+Each parameter stores its logical axes under the `out_sharding` metadata key
+(flax's name for it). Eager sharding is off: the training code resolves the
+names through the config's rules table and creates the parameters already
+sharded by jitting the constructor with `out_shardings`, so building a model
+needs no mesh.
+"""
+
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+LogicalAxes = tuple[str | None, ...]
+
+
+def normal_param(rngs: nnx.Rngs, shape: Sequence[int], axes: LogicalAxes, std: float, dtype) -> nnx.Param:
+  value = std * jax.random.normal(rngs.params(), tuple(shape), dtype)
+  return nnx.Param(value, out_sharding=axes, eager_sharding=False)
+
+
+def constant_param(value: float, shape: Sequence[int], axes: LogicalAxes, dtype) -> nnx.Param:
+  return nnx.Param(jnp.full(tuple(shape), value, dtype), out_sharding=axes, eager_sharding=False)
+
+
+def gelu(x: jax.Array) -> jax.Array:
+  """BERT's GELU: the exact erf form, not jax.nn.gelu's default tanh approximation."""
+  return jax.nn.gelu(x, approximate=False)
+
+
+class Dense(nnx.Module):
+  """Contracts the trailing `len(in_shape)` axes of x with a kernel of shape in_shape + out_shape.
+
+  Multi-axis shapes let attention keep heads as their own (shardable) axis.
+  Computation runs in `dtype`; parameters are stored in `param_dtype`.
+  """
+
+  def __init__(self, in_shape: int | Sequence[int], out_shape: int | Sequence[int], axes: LogicalAxes, *,
+               init_std: float, dtype, param_dtype, rngs: nnx.Rngs, use_bias: bool = True):
+    in_shape = (in_shape,) if isinstance(in_shape, int) else tuple(in_shape)
+    out_shape = (out_shape,) if isinstance(out_shape, int) else tuple(out_shape)
+    if len(axes) != len(in_shape) + len(out_shape):
+      raise ValueError(f'{len(axes)} logical axes {axes} for a kernel of shape {in_shape + out_shape}')
+    self.num_in_axes = len(in_shape)
+    self.dtype = dtype
+    self.kernel = normal_param(rngs, in_shape + out_shape, axes, init_std, param_dtype)
+    self.bias = constant_param(0.0, out_shape, axes[len(in_shape):], param_dtype) if use_bias else None
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    n = self.num_in_axes
+    kernel = self.kernel[...].astype(self.dtype)
+    contract = (tuple(range(x.ndim - n, x.ndim)), tuple(range(n)))
+    y = jax.lax.dot_general(x.astype(self.dtype), kernel, (contract, ((), ())))
+    if self.bias is not None:
+      y = y + self.bias[...].astype(self.dtype)
+    return y
+
+
+class LayerNorm(nnx.Module):
+  """LayerNorm computed in float32 whatever the compute dtype, then cast back."""
+
+  def __init__(self, size: int, *, eps: float, dtype, param_dtype):
+    self.eps = eps
+    self.dtype = dtype
+    self.scale = constant_param(1.0, (size,), ('norm',), param_dtype)
+    self.bias = constant_param(0.0, (size,), ('norm',), param_dtype)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    x32 = x.astype(jnp.float32)
+    mean = x32.mean(-1, keepdims=True)
+    var = jnp.square(x32 - mean).mean(-1, keepdims=True)
+    y = (x32 - mean) * jax.lax.rsqrt(var + self.eps)
+    y = y * self.scale[...].astype(jnp.float32) + self.bias[...].astype(jnp.float32)
+    return y.astype(self.dtype)
+
+
+class Embed(nnx.Module):
+  """A lookup table; `attend` reuses it as an output projection (the tied MLM decoder)."""
+
+  def __init__(self, num_rows: int, size: int, axes: LogicalAxes, *, init_std: float, dtype, param_dtype,
+               rngs: nnx.Rngs):
+    self.dtype = dtype
+    self.embedding = normal_param(rngs, (num_rows, size), axes, init_std, param_dtype)
+
+  def __call__(self, ids: jax.Array) -> jax.Array:
+    return jnp.take(self.embedding[...], ids, axis=0).astype(self.dtype)
+
+  def attend(self, x: jax.Array) -> jax.Array:
+    return jnp.einsum('...h,vh->...v', x.astype(self.dtype), self.embedding[...].astype(self.dtype))

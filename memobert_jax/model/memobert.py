@@ -1,0 +1,119 @@
+"""MEmoBERT: one single-stream transformer over [CLS] text [SEP] | visual frames | acoustic frames.
+
+A batch is a dict of arrays (B = batch, Lt/Lv/La = padded lengths):
+  text_ids [B, Lt] int32, text_mask [B, Lt] bool
+  visual [B, Lv, Dv], visual_mask [B, Lv] bool, visual_masked [B, Lv] bool (optional)
+  acoustic [B, La, Da], acoustic_mask [B, La] bool, acoustic_masked [B, La] bool (optional)
+`*_mask` marks valid (non-padding) positions; `*_masked` marks frames replaced by the
+mask vector. A missing modality (its keys absent, or Lv = 0) is simply not attended to.
+"""
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from ml_collections import ConfigDict
+
+from memobert_jax.model.embeddings import FrameEmbeddings, TextEmbeddings
+from memobert_jax.model.encoder import Encoder
+from memobert_jax.model.heads import ClassificationHead, FrameRegressionHead, MLMHead, Pooler
+from memobert_jax.model.layers import normal_param
+
+MODALITIES = ('visual', 'acoustic')
+
+
+class Encoded(NamedTuple):
+  hidden: jax.Array  # [B, Lt + Lv + La, H]
+  valid: jax.Array  # [B, Lt + Lv + La] bool
+  text_len: int
+  visual_len: int
+
+  @property
+  def text(self) -> jax.Array:
+    return self.hidden[:, :self.text_len]
+
+  @property
+  def visual(self) -> jax.Array:
+    return self.hidden[:, self.text_len:self.text_len + self.visual_len]
+
+  @property
+  def acoustic(self) -> jax.Array:
+    return self.hidden[:, self.text_len + self.visual_len:]
+
+
+def _frames(batch: dict, name: str, feature_dim: int, batch_size: int, dtype) -> tuple[jax.Array, ...]:
+  if name not in batch:
+    empty = jnp.zeros((batch_size, 0), bool)
+    return jnp.zeros((batch_size, 0, feature_dim), dtype), empty, empty
+  frames = batch[name]
+  if frames.shape[-1] != feature_dim:
+    raise ValueError(f'{name} features have dimension {frames.shape[-1]}, the model expects {feature_dim} '
+                     f'(model.{name}_dim)')
+  mask = batch[f'{name}_mask']
+  return frames, mask, batch.get(f'{name}_masked', jnp.zeros_like(mask))
+
+
+class MEmoBERT(nnx.Module):
+
+  def __init__(self, cfg: ConfigDict, *, rngs: nnx.Rngs):
+    self.dtype = jnp.dtype(cfg.dtype)
+    self.visual_dim = cfg.visual_dim
+    self.acoustic_dim = cfg.acoustic_dim
+    self.text_embeddings = TextEmbeddings(cfg, rngs=rngs)
+    self.visual_embeddings = FrameEmbeddings(cfg, cfg.visual_dim, cfg.max_visual_positions, rngs=rngs)
+    self.acoustic_embeddings = FrameEmbeddings(cfg, cfg.acoustic_dim, cfg.max_acoustic_positions, rngs=rngs)
+    # The acoustic modality gets a new type embedding; the visual one reuses BERT's segment-B row.
+    self.acoustic_type = normal_param(rngs, (cfg.hidden_size,), ('embed',), cfg.init_std,
+                                      jnp.dtype(cfg.param_dtype))
+    self.encoder = Encoder(cfg, rngs=rngs)
+    self.pooler = Pooler(cfg, rngs=rngs)
+    self.mlm_head = MLMHead(cfg, rngs=rngs)
+    self.visual_regression_head = FrameRegressionHead(cfg, cfg.visual_dim, rngs=rngs)
+    self.visual_classification_head = ClassificationHead(cfg, cfg.hidden_size, cfg.num_visual_classes, rngs=rngs)
+    self.acoustic_regression_head = FrameRegressionHead(cfg, cfg.acoustic_dim, rngs=rngs)
+    self.cls_head = (ClassificationHead(cfg, 2 * cfg.hidden_size, cfg.num_classes, rngs=rngs)
+                     if cfg.num_classes else None)
+
+  def __call__(self, batch: dict, *, deterministic: bool = True, dropout_key: jax.Array | None = None) -> Encoded:
+    """Encodes a batch; `dropout_key` is required unless `deterministic`."""
+    if not deterministic and dropout_key is None:
+      raise ValueError('a dropout_key is needed when deterministic=False')
+    rngs = None if deterministic else nnx.Rngs(dropout=dropout_key)
+    mode = dict(deterministic=deterministic, rngs=rngs)
+    text_ids, text_mask = batch['text_ids'], batch['text_mask']
+    batch_size = text_ids.shape[0]
+    visual, visual_mask, visual_masked = _frames(batch, 'visual', self.visual_dim, batch_size, self.dtype)
+    acoustic, acoustic_mask, acoustic_masked = _frames(batch, 'acoustic', self.acoustic_dim, batch_size,
+                                                       self.dtype)
+    segment_b = self.text_embeddings.token_type(jnp.ones((), jnp.int32))
+    x = jnp.concatenate([
+        self.text_embeddings(text_ids, **mode),
+        self.visual_embeddings(visual, visual_masked, segment_b, **mode),
+        self.acoustic_embeddings(acoustic, acoustic_masked, self.acoustic_type[...], **mode),
+    ], axis=1)
+    valid = jnp.concatenate([text_mask, visual_mask, acoustic_mask], axis=1).astype(bool)
+    hidden = self.encoder(x, valid, **mode)
+    return Encoded(hidden, valid, text_ids.shape[1], visual.shape[1])
+
+  def mlm_logits(self, text_hidden: jax.Array, positions: jax.Array) -> jax.Array:
+    """Vocabulary logits [B, P, V] at text `positions` [B, P] only, not at every token."""
+    picked = jnp.take_along_axis(text_hidden, positions[..., None], axis=1)
+    return self.mlm_head(picked, self.text_embeddings.word)
+
+  def visual_regression(self, visual_hidden: jax.Array) -> jax.Array:
+    return self.visual_regression_head(visual_hidden, self.visual_embeddings.projection)
+
+  def acoustic_regression(self, acoustic_hidden: jax.Array) -> jax.Array:
+    return self.acoustic_regression_head(acoustic_hidden, self.acoustic_embeddings.projection)
+
+  def visual_class_logits(self, visual_hidden: jax.Array) -> jax.Array:
+    return self.visual_classification_head(visual_hidden)
+
+  def pooled(self, encoded: Encoded) -> jax.Array:
+    return self.pooler(encoded.hidden[:, 0])
+
+  def cls_logits(self, encoded: Encoded) -> jax.Array:
+    if self.cls_head is None:
+      raise ValueError('this model has no [CLS] classification head: set model.num_classes > 0')
+    return self.cls_head(self.pooled(encoded))

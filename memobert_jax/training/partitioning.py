@@ -1,0 +1,75 @@
+"""Mesh construction and logical-axis -> mesh-axis resolution."""
+
+from collections.abc import Sequence
+
+import jax
+import numpy as np
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+Rules = Sequence[tuple[str, str | tuple[str, ...] | None]]
+
+
+def make_mesh(shape: Sequence[int], axes: Sequence[str], devices: Sequence[jax.Device] | None = None) -> Mesh:
+  """A mesh over `devices` (default: all); one -1 in `shape` takes the remaining devices."""
+  devices = list(jax.devices() if devices is None else devices)
+  shape = list(shape)
+  if shape.count(-1) > 1:
+    raise ValueError(f'mesh shape {tuple(shape)} has more than one -1')
+  known = int(np.prod([s for s in shape if s != -1]))
+  if -1 in shape:
+    if len(devices) % known:
+      raise ValueError(f'mesh shape {tuple(shape)} does not divide {len(devices)} devices')
+    shape[shape.index(-1)] = len(devices) // known
+  if int(np.prod(shape)) != len(devices):
+    raise ValueError(f'mesh shape {tuple(shape)} needs {int(np.prod(shape))} devices, there are {len(devices)}')
+  # Auto axes: shardings follow from the rules and XLA's propagation (Explicit axes
+  # would make every embedding lookup state its output sharding).
+  return jax.make_mesh(tuple(shape), tuple(axes), axis_types=(jax.sharding.AxisType.Auto,) * len(axes),
+                       devices=devices)
+
+
+def logical_to_spec(logical_axes: Sequence[str | None], rules: Rules) -> PartitionSpec:
+  table = dict(rules)
+  mesh_axes = []
+  for name in logical_axes:
+    if name is None:
+      mesh_axes.append(None)
+    elif name not in table:
+      raise KeyError(f'logical axis {name!r} has no entry in the logical_axis_rules {sorted(table)}')
+    else:
+      mesh_axes.append(table[name])
+  used = [a for m in mesh_axes if m for a in ((m,) if isinstance(m, str) else m)]
+  if len(used) != len(set(used)):
+    raise ValueError(f'logical axes {tuple(logical_axes)} map to the mesh axes {mesh_axes} more than once')
+  return PartitionSpec(*mesh_axes)
+
+
+def _fit_to_mesh(spec: PartitionSpec, shape: Sequence[int], mesh: Mesh) -> PartitionSpec:
+  """Replicates a dimension whose size the mesh axes do not divide (e.g. 8 classes over 16 devices)."""
+  fitted = []
+  for dim, axes in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec))):
+    names = (axes,) if isinstance(axes, str) else (axes or ())
+    size = int(np.prod([mesh.shape[a] for a in names]))
+    fitted.append(axes if dim % size == 0 else None)
+  return PartitionSpec(*fitted)
+
+
+def state_shardings(state: nnx.State, mesh: Mesh, rules: Rules) -> nnx.State:
+  """NamedShardings for every variable of an NNX state, from its `out_sharding` logical axes."""
+
+  def sharding(variable: nnx.Variable) -> nnx.Variable:
+    axes = variable.get_metadata().get('out_sharding') or (None,) * variable.ndim
+    spec = _fit_to_mesh(logical_to_spec(axes, rules), variable.shape, mesh)
+    return variable.replace(NamedSharding(mesh, spec))
+
+  return jax.tree.map(sharding, state, is_leaf=lambda x: isinstance(x, nnx.Variable))
+
+
+def batch_sharding(mesh: Mesh, rules: Rules) -> NamedSharding:
+  """Shards the leading (example) axis of every batch array over the data-parallel axes."""
+  return NamedSharding(mesh, logical_to_spec(('batch',), rules))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, PartitionSpec())
