@@ -1,0 +1,1 @@
+"""Offline data preparation: manifests, features, shards, tokenizer training."""
