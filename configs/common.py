@@ -103,3 +103,29 @@ def mesh_preset(name: str) -> ml_collections.ConfigDict:
     raise ValueError(f'unknown mesh preset {name!r}; known: {sorted(MESHES)}')
   preset = dict(topology='', **MESHES[name])
   return ml_collections.ConfigDict(dict(name=name, axes=MESH_AXES, **preset))
+
+
+def data_config() -> ml_collections.ConfigDict:
+  """Where the shards are, how text is tokenized, and the length caps and buckets (spec sections 1 and 3)."""
+  return ml_collections.ConfigDict(dict(
+      # Comma-separated dataset folders written by data_prep, each optionally ':weight' for mixing.
+      train='',
+      train_split='train',
+      valid='',  # '' skips validation
+      valid_split='valid',
+      tokenizer=ml_collections.ConfigDict(dict(kind='wordpiece', path='', lowercase=True)),
+      max_text_tokens=30,  # word-pieces between [CLS] and [SEP]
+      drop_long_text=True,  # pretraining drops longer utterances (and counts them); finetuning truncates
+      max_visual_frames=36,  # the first frames are kept
+      max_acoustic_frames=64,
+      # Padded lengths: each batch takes the smallest bucket that fits its longest example,
+      # so few shapes are compiled and little is padded. Text buckets count [CLS] and [SEP].
+      text_buckets=(16, 32),
+      visual_buckets=(12, 36),
+      acoustic_buckets=(32, 64),
+      mlm_max_predictions=12,  # MLM logits are computed at this many positions per example
+      shuffle_window=10000,  # examples; the shards are also read in a shuffled, interleaved order
+      interleave_shards=8,  # shards read at once
+      workers=0,  # grain worker processes for decoding and masking (0: in the main process)
+      prefetch_batches=2,
+  ))

@@ -71,5 +71,12 @@ def batch_sharding(mesh: Mesh, rules: Rules) -> NamedSharding:
   return NamedSharding(mesh, logical_to_spec(('batch',), rules))
 
 
+def data_parallel_size(mesh: Mesh, rules: Rules) -> int:
+  """How many ways the example axis is split."""
+  axes = logical_to_spec(('batch',), rules)[0]
+  names = (axes,) if isinstance(axes, str) else (axes or ())
+  return int(np.prod([mesh.shape[a] for a in names]))
+
+
 def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, PartitionSpec())

@@ -68,3 +68,22 @@ def make_train_step(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformat
   return jax.jit(step, static_argnames='task', donate_argnums=0,
                  in_shardings=(state_shardings, train_batch_sharding(mesh, rules)),
                  out_shardings=(state_shardings, partitioning.replicated(mesh)))
+
+
+def make_eval_step(graphdef: nnx.GraphDef, *, state_shardings: TrainState, mesh: Mesh,
+                   rules: partitioning.Rules) -> Callable[[TrainState, dict, str], tuple[jax.Array, jax.Array]]:
+  """(loss sum, target count) of a task over an [A, b, ...] batch, without dropout."""
+
+  def evaluate(state: TrainState, batch: dict, task: str) -> tuple[jax.Array, jax.Array]:
+    model = nnx.merge(graphdef, state.params)
+
+    def add(carry, micro_batch):
+      total, count, _ = TASKS[task](model, micro_batch, True, None)
+      return (carry[0] + total, carry[1] + count), None
+
+    (total, count), _ = jax.lax.scan(add, (jnp.zeros(()), jnp.zeros(())), batch)
+    return total, count
+
+  return jax.jit(evaluate, static_argnames='task',
+                 in_shardings=(state_shardings, train_batch_sharding(mesh, rules)),
+                 out_shardings=partitioning.replicated(mesh))

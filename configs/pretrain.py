@@ -1,0 +1,50 @@
+"""MEmoBERT pretraining (spec section 3): four tasks, one drawn per optimizer step.
+
+Variants: `--config configs/pretrain.py:<model>[,mesh=<preset>][,key=value...]`
+  model  tiny | mini | base (default base: the paper's bert-base)
+  mesh   cpu | gpu | gpu8 | v4-32 | v5e-16 | v5e-256 (configs/common.py)
+  steps  optimizer steps (default 40000, the paper's)
+Everything else is overridden with `--config.key=value`, e.g.
+  --config.data.train=/data/pretrain_shards --config.init.checkpoint=/ckpt/bert-base-uncased
+"""
+
+import ml_collections
+
+from configs import common
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  arg = common.parse_arg(arg, 'model', model='base', mesh='gpu', steps=40000)
+  mesh = common.mesh_preset(arg.mesh)
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+  config.model = common.model_config(arg.model, mesh=arg.mesh)
+  config.mesh = mesh
+  config.logical_axis_rules = common.LOGICAL_AXIS_RULES
+
+  config.data = common.data_config()
+  config.tasks = ml_collections.ConfigDict(dict(
+      # Sampling weights of the task drawn for each optimizer step; 0 drops a task.
+      weights=ml_collections.ConfigDict(dict(mlm=2.0, visual_regression=1.0, visual_kl=1.0,
+                                             acoustic_regression=1.0)),
+      mlm_probability=0.15,
+      whole_word_masking=True,
+      visual_span=3,
+      visual_ratio=0.20,
+      acoustic_span=3,
+      acoustic_ratio=0.15,
+  ))
+
+  config.batch_size = 640  # examples per optimizer step (the paper: 160 x 4 accumulation)
+  config.per_device_batch = mesh.per_device_batch  # examples per device per micro-batch
+  config.optim = ml_collections.ConfigDict(dict(
+      learning_rate=5e-5, warmup_steps=min(4000, arg.steps // 10), total_steps=arg.steps,
+      b1=0.9, b2=0.98, eps=1e-6, weight_decay=0.01, clip_norm=5.0,
+  ))
+  # Initialisation: a folder written by `python -m memobert_jax.convert_bert` ('' trains from scratch).
+  config.init = ml_collections.ConfigDict(dict(checkpoint=''))
+  config.checkpoint = ml_collections.ConfigDict(dict(every_steps=1000, keep=3, keep_best=1, async_save=True))
+  config.log_every_steps = 50
+  config.eval_every_steps = 1000
+  config.eval_batches = 20
+  return config

@@ -1,0 +1,136 @@
+"""The pretraining loop: one readable function from config to checkpoints."""
+
+import json
+import os
+import time
+
+import jax
+import numpy as np
+from absl import logging
+from ml_collections import ConfigDict
+
+from memobert_jax import hf_import, tokenizer as tokenizer_lib
+from memobert_jax.data import pipeline
+from memobert_jax.training import checkpointing, metrics as metrics_lib, optimizer as optimizer_lib
+from memobert_jax.training import partitioning, step as step_lib, train_state
+
+
+def maybe_initialize_distributed() -> None:
+  """Joins the other processes of a multi-host job (TPU pod slice, multi-node GPU); no-op on one host."""
+  multi_host = (os.environ.get('JAX_COORDINATOR_ADDRESS') or os.environ.get('MEMOBERT_DISTRIBUTED') == '1'
+                or len(os.environ.get('TPU_WORKER_HOSTNAMES', '').split(',')) > 1)
+  if multi_host and not jax.distributed.is_initialized():
+    jax.distributed.initialize()
+
+
+def micro_batching(config: ConfigDict, mesh) -> tuple[int, int]:
+  """(micro-batches per step, examples per micro-batch) from the global batch and the per-device batch."""
+  data_parallel = partitioning.data_parallel_size(mesh, config.logical_axis_rules)
+  micro = min(config.per_device_batch * data_parallel, config.batch_size)
+  if config.batch_size % micro or micro % data_parallel:
+    raise ValueError(f'batch_size {config.batch_size} must split into micro-batches of per_device_batch '
+                     f'{config.per_device_batch} x {data_parallel} data-parallel devices')
+  return config.batch_size // micro, micro
+
+
+def to_global(batch: dict, sharding) -> dict:
+  """Host-local [A, b_local, ...] numpy arrays -> global [A, b, ...] arrays laid out on the mesh."""
+  return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}
+
+
+def pretrain(config: ConfigDict, workdir: str) -> dict:
+  """Runs (or resumes) pretraining; returns the last logged metrics."""
+  maybe_initialize_distributed()
+  os.makedirs(workdir, exist_ok=True)
+  mesh = partitioning.make_mesh(config.mesh.shape, config.mesh.axes)
+  rules = config.logical_axis_rules
+  num_micro, micro_size = micro_batching(config, mesh)
+  tokenizer = tokenizer_lib.load_tokenizer(config.data.tokenizer.kind, config.data.tokenizer.path,
+                                           config.data.tokenizer.lowercase)
+  optimizer = optimizer_lib.make_optimizer(config.optim)
+  graphdef, abstract_params = train_state.abstract_model(config.model, config.seed)
+  abstract_state = train_state.abstract_train_state(config.model, optimizer, mesh, rules)
+  state_shardings = jax.tree.map(lambda a: a.sharding, abstract_state)
+
+  train_data = pipeline.pretraining_dataset(config, tokenizer, split=config.data.train_split,
+                                            micro_batches=num_micro, micro_batch_size=micro_size)
+  train_iter = iter(train_data)
+  checkpointer = checkpointing.Checkpointer(os.path.join(workdir, 'checkpoints'), **config.checkpoint)
+  start = checkpointer.latest_step()
+  if start is not None:
+    checkpointing.check_compatible(checkpointer.saved_config(start), config, workdir)
+    state = checkpointer.restore(start, abstract_state, train_iter)
+    logging.warning('resumed from step %d in %s', start, workdir)
+  else:
+    start = 0
+    _, state, _ = train_state.create_train_state(config.model, optimizer, mesh, rules, config.seed)
+    if config.init.checkpoint:
+      params, loaded = hf_import.restore_into(state.params, config.init.checkpoint, config.model)
+      state = state.replace(params=params)
+      logging.warning('initialised %d parameters from %s', len(loaded), config.init.checkpoint)
+    if jax.process_index() == 0:
+      with open(os.path.join(workdir, 'config.json'), 'w') as f:
+        f.write(config.to_json_best_effort(indent=2))
+
+  train_step = step_lib.make_train_step(graphdef, optimizer, seed=config.seed,
+                                        learning_rate=optimizer_lib.learning_rate_schedule(config.optim),
+                                        state_shardings=state_shardings, mesh=mesh, rules=rules)
+  eval_step = step_lib.make_eval_step(graphdef, state_shardings=state_shardings, mesh=mesh, rules=rules)
+  batch_sharding = step_lib.train_batch_sharding(mesh, rules)
+  valid = (pipeline.validation_batches(config, tokenizer, micro_batch_size=micro_size)
+           if config.data.valid else [])
+
+  writer = metrics_lib.SummaryWriter(os.path.join(workdir, 'tensorboard'))
+  late = metrics_lib.LateMetrics()
+  bar = metrics_lib.progress_bar(config.optim.total_steps, start, 'pretrain')
+  window = {'examples': 0, 'tokens': 0, 'start': time.perf_counter()}
+  last: dict[str, float] = {}
+
+  def log(result) -> None:
+    nonlocal last
+    if result is None:
+      return
+    step, values = result
+    if step % config.log_every_steps == 0 or step == config.optim.total_steps:
+      elapsed = time.perf_counter() - window['start']
+      values.update(metrics_lib.throughput(window['examples'], window['tokens'], elapsed))
+      window.update(examples=0, tokens=0, start=time.perf_counter())
+      writer.scalars(step, values)
+      bar.set_postfix({k.split('/')[0]: f'{v:.3f}' for k, v in values.items() if k.endswith('/loss')}, refresh=False)
+      last = values
+
+  with jax.set_mesh(mesh):
+    for step in range(start, config.optim.total_steps):
+      task, host_batch = next(train_iter)
+      window['examples'] += config.batch_size
+      window['tokens'] += metrics_lib.batch_tokens(host_batch) * jax.process_count()
+      state, step_metrics = train_step(state, to_global(host_batch, batch_sharding), task)
+      log(late.push(step + 1, step_metrics))
+      bar.update(1)
+      valid_metrics = None
+      if valid and ((step + 1) % config.eval_every_steps == 0 or step + 1 == config.optim.total_steps):
+        valid_metrics = evaluate(eval_step, state, valid, batch_sharding)
+        writer.scalars(step + 1, valid_metrics)
+      checkpointer.save(step + 1, state, train_iter, config, force=step + 1 == config.optim.total_steps,
+                        metrics=valid_metrics)
+    log(late.flush())
+  bar.close()
+  writer.close()
+  checkpointer.close()
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, 'final_metrics.json'), 'w') as f:
+      json.dump(last, f, indent=2)
+  return last
+
+
+def evaluate(eval_step, state, batches: list[tuple[str, dict]], sharding) -> dict[str, float]:
+  """Validation loss per task over fixed batches (the same every time), and their mean as valid_loss."""
+  sums: dict[str, list[float]] = {}
+  for task, host_batch in batches:
+    total, count = jax.device_get(eval_step(state, to_global(host_batch, sharding), task))
+    acc = sums.setdefault(task, [0.0, 0.0])
+    acc[0] += float(total)
+    acc[1] += float(count)
+  per_task = {f'valid/{task}': total / max(count, 1.0) for task, (total, count) in sums.items()}
+  per_task['valid_loss'] = float(np.mean(list(per_task.values())))
+  return per_task

@@ -1,0 +1,72 @@
+"""Metric logging that never makes the host wait for the device.
+
+The loop hands each step's metrics (device arrays) to `LateMetrics`, which
+returns the previous step's values: by then that step has finished, so reading
+them costs no stall while the current step runs.
+"""
+
+import jax
+import numpy as np
+import tqdm
+
+
+class LateMetrics:
+
+  def __init__(self):
+    self._pending: tuple[int, dict] | None = None
+
+  def push(self, step: int, metrics: dict) -> tuple[int, dict[str, float]] | None:
+    """Queues this step's metrics; returns the previous step's (step, host values), if any."""
+    previous, self._pending = self._pending, (step, metrics)
+    return None if previous is None else _to_host(*previous)
+
+  def flush(self) -> tuple[int, dict[str, float]] | None:
+    previous, self._pending = self._pending, None
+    return None if previous is None else _to_host(*previous)
+
+
+def _to_host(step: int, metrics: dict) -> tuple[int, dict[str, float]]:
+  return step, {k: float(v) for k, v in jax.device_get(metrics).items()}
+
+
+class SummaryWriter:
+  """TensorBoard scalars, written by process 0 only."""
+
+  def __init__(self, logdir: str):
+    self.enabled = jax.process_index() == 0
+    if self.enabled:
+      import tensorflow as tf  # Deferred: only the writing process pays for the import.
+      tf.config.set_visible_devices([], 'GPU')  # TF must not take the accelerator from JAX.
+      self._tf = tf
+      self._writer = tf.summary.create_file_writer(logdir)
+
+  def scalars(self, step: int, values: dict[str, float]) -> None:
+    if not self.enabled:
+      return
+    with self._writer.as_default(step=step):
+      for name, value in values.items():
+        self._tf.summary.scalar(name, value)
+
+  def flush(self) -> None:
+    if self.enabled:
+      self._writer.flush()
+
+  def close(self) -> None:
+    if self.enabled:
+      self._writer.close()
+
+
+def progress_bar(total: int, initial: int, description: str) -> tqdm.tqdm:
+  """A console bar with ETA, shown by process 0 only."""
+  return tqdm.tqdm(total=total, initial=initial, desc=description, dynamic_ncols=True,
+                   disable=jax.process_index() != 0, mininterval=1.0)
+
+
+def throughput(examples: int, tokens: int, seconds: float) -> dict[str, float]:
+  seconds = max(seconds, 1e-9)
+  return {'examples_per_second': examples / seconds, 'tokens_per_second': tokens / seconds}
+
+
+def batch_tokens(batch: dict) -> int:
+  """Valid (non-padding) positions of all modalities in a host batch."""
+  return int(sum(np.asarray(batch[k]).sum() for k in ('text_mask', 'visual_mask', 'acoustic_mask') if k in batch))
