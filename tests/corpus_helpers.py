@@ -22,7 +22,8 @@ def write_vocab(directory: str) -> str:
 
 
 def write_corpus(directory: str, num_examples: int, *, seed: int = 0, visual_dim: int = 12, acoustic_dim: int = 10,
-                 labelled: bool = True, num_shards: int = 4, split_of=None, max_words: int = 12) -> str:
+                 labelled: bool = True, num_shards: int = 4, split_of=None, max_words: int = 12,
+                 id_prefix: str = 'utt') -> str:
   """Writes a manifest + .npy features + shards; returns the dataset folder. Every 7th example has no visual."""
   rng = np.random.default_rng(seed)
   raw = os.path.join(directory, 'raw')
@@ -30,7 +31,7 @@ def write_corpus(directory: str, num_examples: int, *, seed: int = 0, visual_dim
   lines = []
   plain_words = [w for w in WORDS if not w.startswith('##') and w != 'un']
   for i in range(num_examples):
-    uid = f'utt{i:05d}'
+    uid = f'{id_prefix}{i:05d}'
     words = list(rng.choice(plain_words, size=rng.integers(1, max_words + 1)))
     if i % 5 == 0:
       words.append('unbelievable')

@@ -15,6 +15,7 @@ iterator state this makes a resumed run see exactly the batches it would have se
 """
 
 import dataclasses
+import hashlib
 import os
 from collections.abc import Sequence
 
@@ -169,7 +170,7 @@ class BatchBuilder:
       batch = self._frames(task, examples, rng)
     else:
       raise ValueError(f'unknown pretraining task {task!r}')
-    return {k: v.reshape(micro_batches, -1, *v.shape[1:]) for k, v in batch.items()}
+    return {k: v.reshape(micro_batches, len(examples) // micro_batches, *v.shape[1:]) for k, v in batch.items()}
 
   def _mlm(self, examples: Sequence[Prepared], rng: np.random.Generator) -> dict[str, np.ndarray]:
     masked = [masking.mask_words(e.ids, e.word_ids, self.special, rng, max_predictions=self.data.mlm_max_predictions,
@@ -230,6 +231,10 @@ class _TaskBatchIterator(grain.DatasetIterator):
     self._dataset = dataset
     self._step = 0
     self.dropped_long_text = 0
+    # Order-sensitive digest of every example id consumed: equal digests mean no example was skipped,
+    # repeated or reordered (a resumed run is checked against an uninterrupted one this way).
+    self.examples_seen = 0
+    self.ids_digest = hashlib.sha256().hexdigest()
 
   def __next__(self) -> tuple[str, dict[str, np.ndarray]]:
     ds = self._dataset
@@ -249,15 +254,23 @@ class _TaskBatchIterator(grain.DatasetIterator):
                          f'{ds.builder.data.max_text_tokens} word-pieces and were dropped: raise the cap')
     batch = ds.builder.build(task, examples, ds.micro_batches, np.random.default_rng([ds.seed, self._step, 1]))
     self._step += 1
+    digest = hashlib.sha256(self.ids_digest.encode())
+    for example in examples:
+      digest.update(example.id.encode())
+    self.ids_digest = digest.hexdigest()
+    self.examples_seen += len(examples)
     return task, batch
 
   def get_state(self) -> dict:
-    return {'parent': self._parent.get_state(), 'step': self._step, 'dropped_long_text': self.dropped_long_text}
+    return {'parent': self._parent.get_state(), 'step': self._step, 'dropped_long_text': self.dropped_long_text,
+            'examples_seen': self.examples_seen, 'ids_digest': self.ids_digest}
 
   def set_state(self, state: dict) -> None:
     self._parent.set_state(state['parent'])
     self._step = state['step']
     self.dropped_long_text = state['dropped_long_text']
+    self.examples_seen = state['examples_seen']
+    self.ids_digest = state['ids_digest']
 
 
 class TaskBatchDataset(grain.IterDataset):

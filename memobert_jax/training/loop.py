@@ -114,6 +114,9 @@ def pretrain(config: ConfigDict, workdir: str) -> dict:
       checkpointer.save(step + 1, state, train_iter, config, force=step + 1 == config.optim.total_steps,
                         metrics=valid_metrics)
     log(late.flush())
+  data_state = train_iter.get_state()
+  last.update({f'data/{k}': data_state[k] for k in ('examples_seen', 'dropped_long_text')})
+  train_iter.close()
   bar.close()
   writer.close()
   checkpointer.close()

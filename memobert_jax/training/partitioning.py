@@ -11,9 +11,15 @@ Rules = Sequence[tuple[str, str | tuple[str, ...] | None]]
 
 
 def make_mesh(shape: Sequence[int], axes: Sequence[str], devices: Sequence[jax.Device] | None = None) -> Mesh:
-  """A mesh over `devices` (default: all); one -1 in `shape` takes the remaining devices."""
+  """A mesh over `devices` (default: all); one -1 in `shape` takes the remaining devices.
+
+  A shape without -1 that needs fewer devices than there are uses the first ones (e.g. a one-device
+  debug run on a multi-GPU host).
+  """
   devices = list(jax.devices() if devices is None else devices)
   shape = list(shape)
+  if -1 not in shape and int(np.prod(shape)) < len(devices):
+    devices = devices[:int(np.prod(shape))]
   if shape.count(-1) > 1:
     raise ValueError(f'mesh shape {tuple(shape)} has more than one -1')
   known = int(np.prod([s for s in shape if s != -1]))
