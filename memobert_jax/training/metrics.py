@@ -5,9 +5,13 @@ returns the previous step's values: by then that step has finished, so reading
 them costs no stall while the current step runs.
 """
 
+import glob
+import os
+
 import jax
 import numpy as np
 import tqdm
+from tensorboard.util import tensor_util
 
 
 class LateMetrics:
@@ -70,3 +74,16 @@ def throughput(examples: int, tokens: int, seconds: float) -> dict[str, float]:
 def batch_tokens(batch: dict) -> int:
   """Valid (non-padding) positions of all modalities in a host batch."""
   return int(sum(np.asarray(batch[k]).sum() for k in ('text_mask', 'visual_mask', 'acoustic_mask') if k in batch))
+
+
+def read_scalars(logdir: str) -> dict[str, dict[int, float]]:
+  """Every scalar in a TensorBoard log folder: {tag: {step: value}} (a later write of a step wins)."""
+  from tensorboard.backend.event_processing import event_accumulator  # Only readers need it.
+  scalars: dict[str, dict[int, float]] = {}
+  for path in sorted(glob.glob(os.path.join(logdir, 'events.out.tfevents.*'))):
+    events = event_accumulator.EventAccumulator(path, size_guidance={event_accumulator.TENSORS: 0})
+    events.Reload()
+    for tag in events.Tags()['tensors']:
+      for event in events.Tensors(tag):
+        scalars.setdefault(tag, {})[event.step] = float(tensor_util.make_ndarray(event.tensor_proto))
+  return scalars

@@ -59,7 +59,7 @@ def make_train_step(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformat
     grads = jax.tree.map(lambda g: g / count, grads)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    metrics = {f'{task}/loss': total / count, f'{task}/targets': count}
+    metrics = {'loss': total / count, f'{task}/loss': total / count, f'{task}/targets': count}
     metrics.update({f'{task}/{name}': value / count for name, value in metric_sums.items()})
     metrics['grad_norm'] = optax.global_norm(grads)
     metrics['learning_rate'] = learning_rate(state.step)
