@@ -12,13 +12,8 @@ checkpoint: word / position / token-type embeddings, the encoder, the pooler and
 the MLM head when present. Everything else (the visual and acoustic parts, the
 other heads) keeps its fresh initialisation.
 
-`convert` writes an init directory:
-  params/              orbax checkpoint of the nested dict of float32 arrays, keyed by
-                       the model's parameter paths ('encoder' / 'layers' / '0' / ...)
-  memobert_init.json   the model config fields that must match, every parameter path with
-                       its shape, and the source folder
-  vocab.txt            the checkpoint's WordPiece vocabulary, for the tokenizer
-`restore_into` loads it into a model's parameter state, sharded as that state is.
+`convert` writes an init checkpoint (memobert_jax/init_checkpoint.py) plus the
+checkpoint's WordPiece vocabulary, vocab.txt, for the tokenizer.
 """
 
 import collections
@@ -31,21 +26,15 @@ import zipfile
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
-import jax
 import ml_dtypes
 import numpy as np
-import orbax.checkpoint as ocp
-from flax import nnx
 from safetensors.numpy import load_file as load_safetensors
 
-PARAMS_DIR = 'params'
-METADATA_FILE = 'memobert_init.json'
+from memobert_jax import init_checkpoint
+
 VOCAB_FILE = 'vocab.txt'
 # Looked for in this order when no weights file is named.
 WEIGHT_FILES = ('model.safetensors', 'pytorch_model.bin')
-# Model config fields fixed by the checkpoint; a config that starts from it must agree on every one.
-CONFIG_FIELDS = ('hidden_size', 'num_layers', 'num_heads', 'intermediate_size', 'vocab_size', 'max_text_positions',
-                 'layer_norm_eps')
 
 # Checkpoint entries that carry no parameter of ours: a buffer and the next-sentence head.
 _IGNORED = re.compile(r'embeddings\.position_ids|cls\.seq_relationship\.(weight|bias)')
@@ -58,7 +47,7 @@ _OPTIONAL_GROUPS = ('pooler.', 'cls.predictions.')
 # --- Hugging Face config ----------------------------------------------------------------------------------------
 
 def model_fields(hf_config: Mapping[str, Any]) -> dict[str, Any]:
-  """The CONFIG_FIELDS values of a Hugging Face BERT config.json; refuses what the model cannot reproduce."""
+  """The init_checkpoint.CONFIG_FIELDS values of a HF BERT config.json; refuses what the model cannot reproduce."""
   if hf_config.get('model_type', 'bert') != 'bert':
     raise ValueError(f"model_type {hf_config['model_type']!r} is not 'bert'")
   # transformers' defaults where the key is absent.
@@ -228,11 +217,6 @@ def _expected_shapes(f: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
   return shapes
 
 
-def _listing(names: list[str], limit: int = 12) -> str:
-  more = f' and {len(names) - limit} more' if len(names) > limit else ''
-  return ', '.join(names[:limit]) + more
-
-
 def _check_names(named: Mapping[str, np.ndarray], keys: Mapping[str, str], f: Mapping[str, Any]) -> None:
   expected = _expected_shapes(f)
   # The pooler and the MLM head are optional (BertForMaskedLM has no pooler, BertModel no head), but whole.
@@ -240,13 +224,13 @@ def _check_names(named: Mapping[str, np.ndarray], keys: Mapping[str, str], f: Ma
   expected = {k: v for k, v in expected.items() if not k.startswith(tuple(absent))}
   unknown = sorted(keys[name] for name in set(named) - set(expected))
   if unknown:
-    raise ValueError(f'the checkpoint has keys a BERT text encoder does not: {_listing(unknown)}')
+    raise ValueError(f'the checkpoint has keys a BERT text encoder does not: {init_checkpoint.listing(unknown)}')
   missing = sorted(set(expected) - set(named))
   if missing:
-    raise ValueError(f'the checkpoint lacks the keys {_listing(missing)} (named without any bert. prefix)')
+    raise ValueError(f'the checkpoint lacks the keys {init_checkpoint.listing(missing)} (named without any bert. prefix)')
   wrong = [f'{k} {tuple(named[k].shape)} (expected {s})' for k, s in expected.items() if tuple(named[k].shape) != s]
   if wrong:
-    raise ValueError(f'checkpoint shapes disagree with its config.json: {_listing(wrong)}')
+    raise ValueError(f'checkpoint shapes disagree with its config.json: {init_checkpoint.listing(wrong)}')
 
 
 def convert_state_dict(tensors: Mapping[str, np.ndarray], fields: Mapping[str, Any]) -> dict[str, np.ndarray]:
@@ -314,17 +298,6 @@ def load_hf_bert(hf_dir: str | pathlib.Path, weights_file: str | None = None
   return fields, convert_state_dict(read_weights(_weights_path(hf_dir, weights_file)), fields)
 
 
-def _nest(flat: Mapping[str, Any]) -> dict[str, Any]:
-  tree: dict[str, Any] = {}
-  for path, value in flat.items():
-    *parents, leaf = path.split('/')
-    node = tree
-    for key in parents:
-      node = node.setdefault(key, {})
-    node[leaf] = value
-  return tree
-
-
 def convert(hf_dir: str | pathlib.Path, output: str | pathlib.Path, *, weights_file: str | None = None,
             overwrite: bool = False) -> dict[str, Any]:
   """Converts a Hugging Face BERT folder into an init directory (layout in the module doc); returns its metadata."""
@@ -336,74 +309,7 @@ def convert(hf_dir: str | pathlib.Path, output: str | pathlib.Path, *, weights_f
   vocab_lines = len((hf_dir / VOCAB_FILE).read_text(encoding='utf-8').splitlines())
   if vocab_lines > fields['vocab_size']:
     raise ValueError(f'{hf_dir / VOCAB_FILE} has {vocab_lines} tokens, more than vocab_size {fields["vocab_size"]}')
-  if (output / PARAMS_DIR).exists() and not overwrite:
-    raise FileExistsError(f'{output / PARAMS_DIR} exists; pass overwrite=True (--overwrite) to replace it')
-  output.mkdir(parents=True, exist_ok=True)
-  with ocp.StandardCheckpointer() as checkpointer:
-    checkpointer.save(output / PARAMS_DIR, _nest(params), force=overwrite)
-    checkpointer.wait_until_finished()
+  metadata = init_checkpoint.save(output, params, fields, source=str(hf_dir), overwrite=overwrite,
+                                  weights_file=weights.name)
   shutil.copyfile(hf_dir / VOCAB_FILE, output / VOCAB_FILE)
-  metadata = dict(source=str(hf_dir), weights_file=weights.name, config=fields,
-                  params={path: list(value.shape) for path, value in sorted(params.items())})
-  # Written last: its presence marks a complete conversion.
-  (output / METADATA_FILE).write_text(json.dumps(metadata, indent=1) + '\n')
   return metadata
-
-
-# --- Restoring into a model --------------------------------------------------------------------------------------
-
-def read_metadata(init_dir: str | pathlib.Path) -> dict[str, Any]:
-  init_dir = pathlib.Path(init_dir)
-  if not init_dir.is_dir():
-    raise FileNotFoundError(f'init checkpoint directory {init_dir} does not exist')
-  if not (init_dir / METADATA_FILE).is_file():
-    raise FileNotFoundError(f'{init_dir} has no {METADATA_FILE}: not a converted init checkpoint '
-                            '(python -m memobert_jax.convert_bert writes one)')
-  return json.loads((init_dir / METADATA_FILE).read_text())
-
-
-def check_config(init_dir: str | pathlib.Path, cfg: Mapping[str, Any]) -> dict[str, Any]:
-  """Raises unless the model config agrees with the init checkpoint on every CONFIG_FIELDS entry; returns metadata."""
-  metadata = read_metadata(init_dir)
-  for field in CONFIG_FIELDS:
-    saved = metadata['config'][field]
-    if saved != cfg[field]:
-      raise ValueError(f'init checkpoint {init_dir} has {field} {saved}, the config says {cfg[field]} '
-                       f'(model.{field})')
-  return metadata
-
-
-def _path_name(path: tuple[Any, ...]) -> str:
-  return '/'.join(str(key) for key in path)
-
-
-def restore_into(state: nnx.State, init_dir: str | pathlib.Path, cfg: Mapping[str, Any]
-                 ) -> tuple[nnx.State, list[str]]:
-  """Replaces the leaves of `state` that the init checkpoint holds; returns (new state, loaded paths).
-
-  `state` is a model's parameter state, concrete or abstract (from nnx.eval_shape). Each
-  loaded leaf is read straight into the sharding of the leaf it replaces (its array's
-  sharding, or its ShapeDtypeStruct's; the default device where an abstract leaf has
-  none) and the state's dtype. Leaves the checkpoint lacks are returned unchanged.
-  """
-  init_dir = pathlib.Path(init_dir).resolve()
-  metadata = check_config(init_dir, cfg)
-  variables = {_path_name(path): (path, var) for path, var in nnx.to_flat_state(state)}
-  unknown = sorted(set(metadata['params']) - set(variables))
-  if unknown:
-    raise ValueError(f'init checkpoint {init_dir} has parameters the model does not: {_listing(unknown)}')
-  target = {}
-  for name, shape in metadata['params'].items():
-    value = variables[name][1].get_value()
-    if tuple(value.shape) != tuple(shape):
-      raise ValueError(f'init checkpoint {init_dir} has {name} of shape {tuple(shape)}, the model '
-                       f'{tuple(value.shape)}')
-    sharding = getattr(value, 'sharding', None) or jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    target[name] = jax.ShapeDtypeStruct(value.shape, value.dtype, sharding=sharding)
-  with ocp.StandardCheckpointer() as checkpointer:
-    restored = checkpointer.restore(init_dir / PARAMS_DIR, _nest(target))
-  flat_restored = {_path_name(tuple(k.key for k in path)): leaf
-                   for path, leaf in jax.tree_util.tree_flatten_with_path(restored)[0]}
-  new_flat = [(path, var.replace(flat_restored[name]) if name in flat_restored else var)
-              for name, (path, var) in variables.items()]
-  return nnx.from_flat_state(new_flat), sorted(flat_restored)

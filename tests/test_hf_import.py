@@ -19,7 +19,7 @@ from flax import nnx
 from safetensors.numpy import save_file
 
 from configs.common import LOGICAL_AXIS_RULES, MESH_AXES, model_config
-from memobert_jax import convert_bert, hf_import
+from memobert_jax import convert_bert, hf_import, init_checkpoint
 from memobert_jax.model import MEmoBERT
 from memobert_jax.training.partitioning import make_mesh, state_shardings
 
@@ -31,7 +31,7 @@ TOLERANCE = 1e-4
 
 def _config(init_dir: pathlib.Path, **overrides):
   cfg = model_config('tiny')
-  cfg.update(hf_import.read_metadata(init_dir)['config'])
+  cfg.update(init_checkpoint.read_metadata(init_dir)['config'])
   cfg.update(overrides)
   return cfg
 
@@ -44,7 +44,7 @@ def _restored_model(init_dir: pathlib.Path):
   """(model with the checkpoint loaded, its state before loading, loaded paths)."""
   cfg = _config(init_dir)
   graphdef, fresh = nnx.split(MEmoBERT(cfg, rngs=nnx.Rngs(0)))
-  state, loaded = hf_import.restore_into(fresh, init_dir, cfg)
+  state, loaded = init_checkpoint.restore_into(fresh, init_dir, cfg)
   return nnx.merge(graphdef, state), fresh, loaded
 
 
@@ -78,7 +78,7 @@ def minilm(minilm_init):
 def test_init_directory_layout(minilm_init):
   assert sorted(p.name for p in minilm_init.iterdir()) == ['memobert_init.json', 'params', 'vocab.txt']
   assert (minilm_init / 'vocab.txt').read_bytes() == (MINILM_DIR / 'vocab.txt').read_bytes()
-  metadata = hf_import.read_metadata(minilm_init)
+  metadata = init_checkpoint.read_metadata(minilm_init)
   assert metadata['config'] == dict(hidden_size=384, num_layers=6, num_heads=12, intermediate_size=1536,
                                     vocab_size=30522, max_text_positions=512, layer_norm_eps=1e-12)
   assert metadata['params']['encoder/layers/5/attention/qkv/kernel'] == [384, 3, 12, 32]
@@ -148,7 +148,7 @@ def test_sharded_restore_round_trip(tiny_init):
       lambda var, sharding: var.replace(jax.ShapeDtypeStruct(var.shape, var.get_value().dtype,
                                                              sharding=sharding.get_value())),
       abstract, shardings, is_leaf=lambda x: isinstance(x, nnx.Variable))
-  state, loaded = hf_import.restore_into(sharded_abstract, tiny_init, cfg)
+  state, loaded = init_checkpoint.restore_into(sharded_abstract, tiny_init, cfg)
   _, params = hf_import.load_hf_bert(TINY_DIR)
   assert sorted(loaded) == sorted(params)
   restored = _flat(state)
@@ -168,23 +168,23 @@ def test_restore_refuses_mismatched_config(tiny_init):
   cfg = _config(tiny_init, hidden_size=64)
   state = nnx.state(nnx.eval_shape(lambda: MEmoBERT(cfg, rngs=nnx.Rngs(0))))
   with pytest.raises(ValueError, match=r'has hidden_size 32, the config says 64 \(model.hidden_size\)'):
-    hf_import.restore_into(state, tiny_init, cfg)
+    init_checkpoint.restore_into(state, tiny_init, cfg)
   with pytest.raises(ValueError, match='has layer_norm_eps 1e-12, the config says 1e-06'):
-    hf_import.check_config(tiny_init, _config(tiny_init, layer_norm_eps=1e-6))
+    init_checkpoint.check_config(tiny_init, _config(tiny_init, layer_norm_eps=1e-6))
 
 
 def test_restore_refuses_missing_directory_and_unknown_parameters(tiny_init, tmp_path):
   cfg = _config(tiny_init)
   state = nnx.state(nnx.eval_shape(lambda: MEmoBERT(cfg, rngs=nnx.Rngs(0))))
   with pytest.raises(FileNotFoundError, match=f'{tmp_path / "nowhere"} does not exist'):
-    hf_import.restore_into(state, tmp_path / 'nowhere', cfg)
+    init_checkpoint.restore_into(state, tmp_path / 'nowhere', cfg)
   edited = tmp_path / 'edited'
   shutil.copytree(tiny_init, edited)
   metadata = json.loads((edited / 'memobert_init.json').read_text())
   metadata['params']['bogus/kernel'] = [3]
   (edited / 'memobert_init.json').write_text(json.dumps(metadata))
   with pytest.raises(ValueError, match='parameters the model does not: bogus/kernel'):
-    hf_import.restore_into(state, edited, cfg)
+    init_checkpoint.restore_into(state, edited, cfg)
 
 
 def test_convert_refuses_existing_output(tiny_init):

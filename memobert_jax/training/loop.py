@@ -1,4 +1,8 @@
-"""The pretraining loop: one readable function from config to checkpoints."""
+"""The pretraining loop: one readable function from config to checkpoints.
+
+At the end the model is exported as an init checkpoint (WORKDIR/export) that
+finetuning configs name as their initialisation.
+"""
 
 import json
 import os
@@ -9,7 +13,7 @@ import numpy as np
 from absl import logging
 from ml_collections import ConfigDict
 
-from memobert_jax import hf_import, tokenizer as tokenizer_lib
+from memobert_jax import init_checkpoint, tokenizer as tokenizer_lib
 from memobert_jax.data import pipeline
 from memobert_jax.training import checkpointing, metrics as metrics_lib, optimizer as optimizer_lib
 from memobert_jax.training import partitioning, step as step_lib, train_state
@@ -65,7 +69,7 @@ def pretrain(config: ConfigDict, workdir: str) -> dict:
     start = 0
     _, state, _ = train_state.create_train_state(config.model, optimizer, mesh, rules, config.seed)
     if config.init.checkpoint:
-      params, loaded = hf_import.restore_into(state.params, config.init.checkpoint, config.model)
+      params, loaded = init_checkpoint.restore_into(state.params, config.init.checkpoint, config.model)
       state = state.replace(params=params)
       logging.warning('initialised %d parameters from %s', len(loaded), config.init.checkpoint)
     if jax.process_index() == 0:
@@ -114,6 +118,9 @@ def pretrain(config: ConfigDict, workdir: str) -> dict:
       checkpointer.save(step + 1, state, train_iter, config, force=step + 1 == config.optim.total_steps,
                         metrics=valid_metrics)
     log(late.flush())
+  init_checkpoint.export_state(state.params, os.path.join(workdir, 'export'), config.model,
+                               source=f'pretraining {workdir} step {config.optim.total_steps}',
+                               tokenizer=config.data.tokenizer.to_dict())
   data_state = train_iter.get_state()
   last.update({f'data/{k}': data_state[k] for k in ('examples_seen', 'dropped_long_text')})
   train_iter.close()
