@@ -148,6 +148,7 @@ def _shard_hashes(directory: Path) -> dict[str, str]:
   return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(directory.glob('*.tfrecord'))}
 
 
+@pytest.mark.slow  # spawned workers each import TensorFlow
 def test_deterministic_shard_assignment(tmp_path):
   make_corpus(tmp_path / 'corpus', n=20)
   manifest = tmp_path / 'corpus' / 'manifest.jsonl'
@@ -204,6 +205,7 @@ write_shards.write_shards(sys.argv[1], sys.argv[2], num_shards=3, progress=False
 """
 
 
+@pytest.mark.slow  # a subprocess that imports TensorFlow
 def test_killed_job_resumes_with_only_the_missing_shards(tmp_path):
   make_corpus(tmp_path / 'corpus', n=30)
   manifest, out = tmp_path / 'corpus' / 'manifest.jsonl', tmp_path / 'out'
@@ -332,3 +334,32 @@ def test_tfds_builder_matches_the_shard_writer(tmp_path):
         assert example[key].shape[0] == want[key].shape[0]
         assert example[key].tobytes() == want[key].tobytes(), (uid, key)
   assert seen == set(shard_examples)
+
+
+def test_iemocap_builder_runs_the_adapter(tmp_path):
+  tfds = pytest.importorskip('tensorflow_datasets')
+  soundfile = pytest.importorskip('soundfile')
+  pytest.importorskip('data_prep.corpora.iemocap')
+  from data_prep.tfds_builders.iemocap_memobert import iemocap_memobert_dataset_builder as iemocap_builder
+  # A one-session release in the layout the adapter reads; 'fru' is not one of the 4 classes and is dropped.
+  dialog = tmp_path / 'release' / 'Session1' / 'dialog'
+  turns = [('Ses01F_impro01_F000', 'neu', 'Excuse me.'), ('Ses01F_impro01_M001', 'exc', 'Yes!'),
+           ('Ses01F_impro01_F002', 'fru', 'No.')]
+  for sub, line in (('EmoEvaluation', '[{i}.0 - {i}.5]\t{uid}\t{label}\t[2.5, 2.5, 2.5]\n'),
+                    ('transcriptions', '{uid} [00{i}.0000-00{i}.5000]: {text}\n')):
+    (dialog / sub).mkdir(parents=True)
+    (dialog / sub / 'Ses01F_impro01.txt').write_text(
+        ''.join(line.format(i=i, uid=uid, label=label, text=text) for i, (uid, label, text) in enumerate(turns)))
+  wavs = tmp_path / 'release' / 'Session1' / 'sentences' / 'wav' / 'Ses01F_impro01'
+  wavs.mkdir(parents=True)
+  for uid, _, _ in turns:
+    soundfile.write(wavs / f'{uid}.wav', (0.2 * np.sin(np.arange(8000) / 5)).astype(np.float32), 16000)
+
+  config = iemocap_builder.IemocapConfig(name='session1', labels=iemocap_builder.EMOTIONS, sessions=(1,))
+  builder = iemocap_builder.Builder(config=config, data_dir=str(tmp_path / 'tfds'))
+  builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=str(tmp_path / 'release')))
+  examples = {e['id'].decode(): e for e in tfds.as_numpy(builder.as_dataset(split='train'))}
+  assert sorted(examples) == ['Ses01F_impro01_F000', 'Ses01F_impro01_M001']
+  assert examples['Ses01F_impro01_M001']['label'] == LABELS.index('happy')  # exc is merged into happy
+  assert examples['Ses01F_impro01_F000']['acoustic'].shape[1] == builder.info.metadata['acoustic_dim'] > 0
+  assert examples['Ses01F_impro01_F000']['visual'].shape[0] == 0
