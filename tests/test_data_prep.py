@@ -102,7 +102,7 @@ def test_round_trip_float32(tmp_path):
 
 def test_float16_caps_and_wav_extraction(tmp_path):
   soundfile = pytest.importorskip('soundfile')
-  from data_prep import acoustic_features
+  acoustic_features = pytest.importorskip('data_prep.acoustic_features')
   config = acoustic_features.AcousticFeatureConfig(kinds=('logmel', 'energy'), n_mels=8, max_frames=None)
   corpus = make_corpus(tmp_path / 'corpus', n=8, seed=1, acoustic_dim=acoustic_features.feature_dim(config))
   # One utterance with audio and no acoustic .npy: its features come from the librosa extractor.
