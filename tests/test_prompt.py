@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from memobert_jax.data.masking import SpecialIds
-from memobert_jax.data.prompt import (CROSS_MODAL_CASES, DEFAULT_TEMPLATE, TEMPLATES, PromptExample, Verbalizer,
-                                      build_prompt, check_template, encode_prompt, expand_cross_modal, mask_position,
-                                      prompt_text, split_words, tokenize_template)
+from memobert_jax.data.prompt import (DEFAULT_TEMPLATE, TEMPLATES, PromptExample, Verbalizer, build_prompt,
+                                      check_template, cross_modal_cases, encode_prompt, mask_position, prompt_text,
+                                      split_words, tokenize_template)
 
 SPECIAL = SpecialIds(cls=101, sep=102, mask=103, pad=0, vocab_size=30522, others=(100,))
 
@@ -210,37 +210,15 @@ class TestVerbalizer:
 
 class TestCrossModal:
 
-  def frames(self, n, d, dtype=np.float32):
-    return np.arange(n * d, dtype=dtype).reshape(n, d)
+  def test_seven_cases_when_every_modality_is_present(self):
+    cases = cross_modal_cases(True, True)
+    assert [c.name for c in cases] == ['LVA', 'LV', 'LA', 'L', 'VA', 'V', 'A']
+    assert len({(c.text, c.visual, c.acoustic) for c in cases}) == 7
+    # The prompt-only cases: {V+A, V, A}, never an input with nothing at all.
+    assert [(c.visual, c.acoustic) for c in cases if not c.text] == [(True, True), (True, False), (False, True)]
+    assert all(c.name == ''.join(m for m, keep in zip('LVA', (c.text, c.visual, c.acoustic)) if keep) for c in cases)
 
-  def test_seven_cases(self, tok, template):
-    words = tok.encode_words('I knew it')
-    visual, acoustic = self.frames(5, 342), self.frames(9, 768, np.float16)
-    variants = expand_cross_modal(words, visual, acoustic, template, SPECIAL, max_text_len=30)
-    assert [v.case.name for v in variants] == ['LVA', 'LV', 'LA', 'L', 'VA', 'V', 'A']
-    with_text = tok.encode_reference(prompt_text('I knew it'))
-    prompt_only = [101, 1045, 2572, 103, 1012, 102]
-    for v in variants:
-      np.testing.assert_array_equal(v.prompt.ids, with_text if v.case.text else prompt_only)
-      assert v.prompt.ids[v.prompt.mask_position] == SPECIAL.mask
-      assert (v.visual is visual) == v.case.visual and (v.acoustic is acoustic) == v.case.acoustic
-      # A dropped modality is zero frames of the same width and dtype.
-      assert v.visual.shape == ((5, 342) if v.case.visual else (0, 342)) and v.visual.dtype == np.float32
-      assert v.acoustic.shape == ((9, 768) if v.case.acoustic else (0, 768)) and v.acoustic.dtype == np.float16
-    assert len({(v.case.text, v.visual.shape[0] > 0, v.acoustic.shape[0] > 0) for v in variants}) == 7
-    assert [(c.text, c.visual, c.acoustic) for c in CROSS_MODAL_CASES if not c.text] == [
-        (False, True, True), (False, True, False), (False, False, True)]
-
-  def test_absent_modalities_drop_duplicate_and_empty_cases(self, tok, template):
-    words = tok.encode_words('fine')
-    no_visual = expand_cross_modal(words, self.frames(0, 342), self.frames(4, 768), template, SPECIAL,
-                                   max_text_len=30)
-    assert [v.case.name for v in no_visual] == ['LA', 'L', 'A']
-    neither = expand_cross_modal(words, self.frames(0, 342), self.frames(0, 768), template, SPECIAL, max_text_len=30)
-    assert [v.case.name for v in neither] == ['L']
-
-  def test_truncation_applies_to_the_text_cases(self, tok, template):
-    words = tok.encode_words('one two three four five six')
-    variants = expand_cross_modal(words, self.frames(2, 3), self.frames(2, 3), template, SPECIAL, max_text_len=10)
-    assert all(len(v.prompt.ids) <= 10 for v in variants)
-    assert variants[0].prompt.num_truncated_words > 0 and variants[-1].prompt.num_truncated_words == 0
+  def test_absent_modalities_drop_duplicate_and_empty_cases(self):
+    assert [c.name for c in cross_modal_cases(False, True)] == ['LA', 'L', 'A']
+    assert [c.name for c in cross_modal_cases(True, False)] == ['LV', 'L', 'V']
+    assert [c.name for c in cross_modal_cases(False, False)] == ['L']

@@ -132,35 +132,41 @@ def bucket(length: int, buckets: Sequence[int], name: str) -> int:
                    f'data.{name}_buckets or lower the data cap')
 
 
-class BatchBuilder:
-  """Pads examples to bucketed shapes and applies a task's corruption: numpy in, numpy [A, b, ...] out."""
+class Padder:
+  """Pads a flat list of examples' inputs to the buckets that fit the longest one: numpy [n, ...] arrays."""
 
-  def __init__(self, config: ConfigDict, tokenizer: tokenizer_lib.Tokenizer):
-    self.data = config.data
-    self.tasks = config.tasks
-    self.special = special_ids(tokenizer)
-    self.pad_id = tokenizer.pad_id
-    self.visual_dim = config.model.visual_dim
-    self.acoustic_dim = config.model.acoustic_dim
+  def __init__(self, data_cfg: ConfigDict, model_cfg: ConfigDict, pad_id: int):
+    self.data = data_cfg
+    self.pad_id = pad_id
+    self.dims = {'visual': model_cfg.visual_dim, 'acoustic': model_cfg.acoustic_dim}
 
-  def pad_inputs(self, texts: Sequence[np.ndarray], visuals: Sequence[np.ndarray],
-                 acoustics: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
-    """Model inputs for a flat list of examples: [n, ...] arrays at the buckets that fit the longest one."""
+  def __call__(self, texts: Sequence[np.ndarray], visuals: Sequence[np.ndarray],
+               acoustics: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
     n = len(texts)
     text_len = bucket(max(len(t) for t in texts), self.data.text_buckets, 'text')
     batch = {'text_ids': np.full((n, text_len), self.pad_id, np.int32), 'text_mask': np.zeros((n, text_len), bool)}
     for i, ids in enumerate(texts):
       batch['text_ids'][i, :len(ids)] = ids
       batch['text_mask'][i, :len(ids)] = True
-    for name, frames, dim in (('visual', visuals, self.visual_dim), ('acoustic', acoustics, self.acoustic_dim)):
+    for name, frames in (('visual', visuals), ('acoustic', acoustics)):
       length = bucket(max(len(f) for f in frames), self.data[f'{name}_buckets'], name)
-      batch[name] = np.zeros((n, length, dim), np.float32)
+      batch[name] = np.zeros((n, length, self.dims[name]), np.float32)
       batch[f'{name}_mask'] = np.zeros((n, length), bool)
       batch[f'{name}_masked'] = np.zeros((n, length), bool)
       for i, f in enumerate(frames):
         batch[name][i, :len(f)] = f
         batch[f'{name}_mask'][i, :len(f)] = True
     return batch
+
+
+class BatchBuilder:
+  """Applies a pretraining task's corruption to examples and pads them: numpy in, numpy [A, b, ...] out."""
+
+  def __init__(self, config: ConfigDict, tokenizer: tokenizer_lib.Tokenizer):
+    self.data = config.data
+    self.tasks = config.tasks
+    self.special = special_ids(tokenizer)
+    self.pad_inputs = Padder(config.data, config.model, tokenizer.pad_id)
 
   def build(self, task: str, examples: Sequence[Prepared], micro_batches: int,
             rng: np.random.Generator) -> dict[str, np.ndarray]:

@@ -238,44 +238,12 @@ CROSS_MODAL_CASES = (
 )
 
 
-@dataclasses.dataclass(frozen=True)
-class CrossModalExample:
-  """One variant of a training utterance; a dropped modality has zero frames ([0, D], same dtype)."""
-  case: ModalityCase
-  prompt: PromptExample
-  visual: np.ndarray
-  acoustic: np.ndarray
+def cross_modal_cases(has_visual: bool, has_acoustic: bool,
+                      cases: Sequence[ModalityCase] = CROSS_MODAL_CASES) -> list[ModalityCase]:
+  """The cross-modal variants a training utterance appears in (its label is the same in all of them).
 
-
-def expand_cross_modal(utterance_words: Sequence[Sequence[int]], visual: np.ndarray, acoustic: np.ndarray,
-                       template: TokenizedTemplate, special: SpecialIds, *, max_text_len: int,
-                       cases: Sequence[ModalityCase] = CROSS_MODAL_CASES) -> list[CrossModalExample]:
-  """The cross-modal variants of one training utterance (the label is unchanged for all of them).
-
-  A case is produced only if every modality it keeps is present in the example (N > 0): with all modalities
-  present that is all 7; a missing modality removes the cases that would duplicate another one, and the prompt-
-  only cases that would see no input at all.
-
-  Args:
-    utterance_words: the utterance as words of sub-token ids.
-    visual: float[Nv, Dv] frames (Nv may be 0).
-    acoustic: float[Na, Da] frames (Na may be 0).
-    template: the tokenized template.
-    special: the tokenizer's special ids.
-    max_text_len: maximum number of text tokens, [CLS] and [SEP] included.
-    cases: which variants to produce.
-
-  Returns:
-    The variants, in the order of `cases`.
+  A case is used only if every modality it keeps is present (N > 0): with all modalities present that is all
+  7; a missing modality removes the cases that would duplicate another one, and the prompt-only cases that
+  would see no input at all.
   """
-  with_text = build_prompt(utterance_words, template, special, max_text_len=max_text_len)
-  prompt_only = build_prompt([], template, special, max_text_len=max_text_len)
-  has_visual, has_acoustic = visual.shape[0] > 0, acoustic.shape[0] > 0
-  variants = []
-  for case in cases:
-    if (case.visual and not has_visual) or (case.acoustic and not has_acoustic):
-      continue
-    kept_visual = visual if case.visual else visual[:0]
-    kept_acoustic = acoustic if case.acoustic else acoustic[:0]
-    variants.append(CrossModalExample(case, with_text if case.text else prompt_only, kept_visual, kept_acoustic))
-  return variants
+  return [c for c in cases if (has_visual or not c.visual) and (has_acoustic or not c.acoustic)]

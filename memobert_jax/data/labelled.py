@@ -1,0 +1,162 @@
+"""Labelled utterances for finetuning and evaluation: loading, fold splits, and batches per mode.
+
+Emotion corpora are small (IEMOCAP: ~5.5k utterances), so a dataset is read once
+into memory and batched by plain numpy code; the grain pipeline serves pretraining.
+
+Modes (spec section 4):
+  prompt     text + template ("... I am [MASK] ."), loss at [MASK] over the vocabulary
+  prompt_cm  prompt, each training utterance also in the 6 other cross-modal cases
+  cls        [CLS] text [SEP], the pooled [CLS] head
+Modality subsets ('LVA', 'LA', 'V', ...): a letter present keeps that input; without L
+the prompt stands alone ("[CLS] i am [MASK] . [SEP]").
+"""
+
+import dataclasses
+import os
+from collections.abc import Iterator, Sequence
+
+import grain
+import numpy as np
+from ml_collections import ConfigDict
+
+from memobert_jax import tokenizer as tokenizer_lib
+from memobert_jax.data import folds as folds_lib, prompt as prompt_lib, schema
+from memobert_jax.data.pipeline import Padder, open_source, special_ids
+
+MODES = ('prompt', 'prompt_cm', 'cls')
+MODALITY_LETTERS = {'L': 'text', 'V': 'visual', 'A': 'acoustic'}
+
+
+@dataclasses.dataclass(frozen=True)
+class Utterance:
+  id: str
+  words: tuple[tuple[int, ...], ...]  # the transcript's word-pieces, grouped by word
+  label: int
+  speaker: str
+  session: str
+  split: str
+  visual: np.ndarray
+  acoustic: np.ndarray
+
+
+def check_modalities(subset: str) -> str:
+  if not subset or set(subset) - set(MODALITY_LETTERS) or len(set(subset)) != len(subset):
+    raise ValueError(f'modality subset {subset!r} must be letters from L, V, A (e.g. LVA, LA, V)')
+  return subset
+
+
+def load_utterances(path: str, splits: Sequence[str], model_cfg: ConfigDict, data_cfg: ConfigDict,
+                    tokenizer: tokenizer_lib.Tokenizer) -> tuple[list[Utterance], list[str]]:
+  """Every labelled utterance of the given splits; returns them and the dataset's label names."""
+  source = open_source(path, 1.0, model_cfg)
+  metadata = source.metadata
+  utterances = []
+  for split in splits:
+    if split not in metadata.splits:
+      raise ValueError(f'{path} has no split {split!r}; it has {sorted(metadata.splits)}')
+    for file in metadata.splits[split].files:
+      for record in grain.experimental.TFRecordIterDataset(os.path.join(path, file)):
+        example = schema.decode_example(record, metadata)
+        if example['label'] == schema.UNLABELLED:
+          raise ValueError(f'{path}/{file}: utterance {example["id"]} has no label; finetuning needs labels')
+        utterances.append(Utterance(
+            id=example['id'], words=tuple(tuple(w) for w in tokenizer.encode_words(example['text'])),
+            label=int(example['label']), speaker=example['speaker'], session=example['session'], split=split,
+            visual=example['visual'][:data_cfg.max_visual_frames],
+            acoustic=example['acoustic'][:data_cfg.max_acoustic_frames]))
+  return utterances, list(metadata.label_names)
+
+
+def fold_splits(utterances: Sequence[Utterance], protocol: str, fold: int, train_fraction: float,
+                seed: int) -> dict[str, list[Utterance]]:
+  """train / valid / test utterances of one fold; the training part optionally subsampled."""
+  records = [dict(id=u.id, session=u.session, speaker=u.speaker, split=u.split) for u in utterances]
+  all_folds = folds_lib.make_folds(protocol, records)
+  if not 1 <= fold <= len(all_folds):
+    raise ValueError(f'fold {fold} does not exist: protocol {protocol!r} has folds 1..{len(all_folds)}')
+  ids = folds_lib.split_ids(all_folds[fold - 1], records, train_fraction=train_fraction, seed=seed)
+  by_id = {u.id: u for u in utterances}
+  return {split: [by_id[i] for i in members] for split, members in ids.items()}
+
+
+class FinetuneBatcher:
+  """Builds [1, b, ...] batches (one micro-batch) for a finetuning mode and a modality subset."""
+
+  def __init__(self, config: ConfigDict, tokenizer: tokenizer_lib.Tokenizer, label_names: Sequence[str]):
+    self.mode = config.finetune.mode
+    if self.mode not in MODES:
+      raise ValueError(f'finetune.mode {self.mode!r} is not one of {MODES}')
+    self.special = special_ids(tokenizer)
+    self.max_text_len = config.data.max_text_tokens + 2
+    self.pad_inputs = Padder(config.data, config.model, tokenizer.pad_id)
+    words = list(config.finetune.label_words) or list(label_names)
+    if len(words) != len(label_names):
+      raise ValueError(f'finetune.label_words {words} must give one word per class {list(label_names)}')
+    self.verbalizer = prompt_lib.Verbalizer.from_words(words, tokenizer.encode_words)
+    prompt_lib.check_template(config.finetune.template)
+    self.template = prompt_lib.tokenize_template(config.finetune.template, tokenizer.encode_words)
+
+  def _text(self, utterance: Utterance, with_text: bool) -> tuple[np.ndarray, int]:
+    """Token ids and the [MASK] position (prompt modes; -1 for cls)."""
+    words = utterance.words if with_text else ()
+    if self.mode == 'cls':
+      ids, budget = [self.special.cls], self.max_text_len - 2
+      for word in words:
+        if len(ids) - 1 + len(word) > budget:
+          break
+        ids.extend(word)
+      return np.array([*ids, self.special.sep], np.int32), -1
+    built = prompt_lib.build_prompt(words, self.template, self.special, max_text_len=self.max_text_len)
+    return built.ids, built.mask_position
+
+  def batch(self, items: Sequence[tuple[Utterance, str]], size: int) -> dict[str, np.ndarray]:
+    """(utterance, modality subset) pairs -> a batch of `size` rows; missing rows are padding with weight 0."""
+    texts, visuals, acoustics, positions, labels = [], [], [], [], []
+    for utterance, subset in items:
+      ids, mask_position = self._text(utterance, 'L' in subset)
+      texts.append(ids)
+      positions.append(mask_position)
+      visuals.append(utterance.visual if 'V' in subset else utterance.visual[:0])
+      acoustics.append(utterance.acoustic if 'A' in subset else utterance.acoustic[:0])
+      labels.append(utterance.label)
+    weights = np.zeros(size, np.float32)
+    weights[:len(items)] = 1.0
+    padding = size - len(items)
+    texts += [np.array([self.special.cls, self.special.sep], np.int32)] * padding
+    visuals += [visuals[0][:0]] * padding
+    acoustics += [acoustics[0][:0]] * padding
+    batch = self.pad_inputs(texts, visuals, acoustics)
+    labels = np.array(labels + [0] * padding, np.int32)
+    if self.mode == 'cls':
+      batch.update(labels=labels, label_weights=weights)
+    else:
+      batch.update(mlm_positions=np.array(positions + [0] * padding, np.int32)[:, None],
+                   mlm_targets=self.verbalizer.label_ids[labels][:, None], mlm_weights=weights[:, None])
+    return {k: v[None] for k, v in batch.items()}
+
+  def training_items(self, utterances: Sequence[Utterance], subset: str) -> list[tuple[Utterance, str]]:
+    """What one training epoch visits: each utterance with the subset, or its 7 cross-modal cases (prompt_cm)."""
+    if self.mode != 'prompt_cm':
+      return [(u, subset) for u in utterances]
+    return [(u, case.name) for u in utterances
+            for case in prompt_lib.cross_modal_cases(len(u.visual) > 0, len(u.acoustic) > 0)]
+
+
+def training_batches(batcher: FinetuneBatcher, items: Sequence[tuple[Utterance, str]], batch_size: int,
+                     seed: int) -> Iterator[dict[str, np.ndarray]]:
+  """Endless full batches, reshuffled every epoch; reproducible from the seed."""
+  if len(items) < batch_size:
+    raise ValueError(f'{len(items)} training items are fewer than one batch of {batch_size}: lower batch_size')
+  epoch = 0
+  while True:
+    order = np.random.default_rng([seed, epoch]).permutation(len(items))
+    for start in range(0, len(order) - batch_size + 1, batch_size):
+      yield batcher.batch([items[i] for i in order[start:start + batch_size]], batch_size)
+    epoch += 1
+
+
+def evaluation_batches(batcher: FinetuneBatcher, utterances: Sequence[Utterance], subset: str,
+                       batch_size: int) -> list[dict[str, np.ndarray]]:
+  """Every utterance once, in order; the last batch is padded with weight-0 rows."""
+  return [batcher.batch([(u, subset) for u in utterances[start:start + batch_size]], batch_size)
+          for start in range(0, len(utterances), batch_size)]

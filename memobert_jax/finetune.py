@@ -1,0 +1,27 @@
+"""Finetuning on one fold: `python -m memobert_jax.finetune --config configs/finetune.py:prompt,fold=3 --workdir DIR`.
+
+Results (validation-selected model, scored once on the test speaker) go to DIR/results.json.
+"""
+
+import os
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from memobert_jax.training import finetuning
+
+_CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file (and :variant arguments).', lock_config=True)
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Folder for results, the selected model and TensorBoard logs.')
+flags.mark_flags_as_required(['config', 'workdir'])
+
+
+def main(argv):
+  del argv
+  logging.set_verbosity(logging.WARNING)
+  results = finetuning.finetune(_CONFIG.value, os.path.abspath(_WORKDIR.value))
+  print(f"fold {results['fold']}: best step {results['best_step']}, valid UA {100 * results['valid']['ua']:.2f}, "
+        f"test WA {100 * results['test']['wa']:.2f} UA {100 * results['test']['ua']:.2f} -> {_WORKDIR.value}")
+
+
+if __name__ == '__main__':
+  app.run(main)
