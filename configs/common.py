@@ -114,6 +114,7 @@ def data_config() -> ml_collections.ConfigDict:
       valid='',  # '' skips validation
       valid_split='valid',
       tokenizer=ml_collections.ConfigDict(dict(kind='wordpiece', path='', lowercase=True)),
+      modalities='LVA',  # inputs read from the data: drop V or A for text-only or bimodal pretraining
       max_text_tokens=30,  # word-pieces between [CLS] and [SEP]
       drop_long_text=True,  # pretraining drops longer utterances (and counts them); finetuning truncates
       max_visual_frames=36,  # the first frames are kept

@@ -21,11 +21,13 @@ import ml_collections
 from configs import common
 
 TEMPLATES = {'i_am': 'I am [MASK] .', 'it_was': 'It was [MASK] .', 'he_is': 'He is [MASK] .'}
+# The variant arguments and their defaults; a bare word sets `mode`.
+ARGUMENTS = dict(mode='prompt', model='base', mesh='gpu', protocol='iemocap', fold=1, fraction=1.0, seed=0,
+                 template='i_am', train='LVA', eval='LVA', steps=3000, lr=3e-5)
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  arg = common.parse_arg(arg, 'mode', mode='prompt', model='base', mesh='gpu', protocol='iemocap', fold=1,
-                         fraction=1.0, seed=0, template='i_am', train='LVA', eval='LVA', steps=3000, lr=3e-5)
+  arg = common.parse_arg(arg, 'mode', **ARGUMENTS)
   if arg.template not in TEMPLATES:
     raise ValueError(f'unknown template {arg.template!r}; known: {sorted(TEMPLATES)} '
                      f'(any other: --config.finetune.template="... [MASK] .")')

@@ -13,8 +13,12 @@ import ml_collections
 from configs import common
 
 
+# The variant arguments and their defaults; a bare word sets `model`.
+ARGUMENTS = dict(model='base', mesh='gpu', steps=40000)
+
+
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  arg = common.parse_arg(arg, 'model', model='base', mesh='gpu', steps=40000)
+  arg = common.parse_arg(arg, 'model', **ARGUMENTS)
   mesh = common.mesh_preset(arg.mesh)
   config = ml_collections.ConfigDict()
   config.seed = 0

@@ -4,10 +4,12 @@ Results (validation-selected model, scored once on the test speaker) go to DIR/r
 """
 
 import os
+import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from memobert_jax import config_utils
 from memobert_jax.training import finetuning
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file (and :variant arguments).', lock_config=True)
@@ -24,4 +26,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  config_utils.check_command_line(sys.argv)
   app.run(main)

@@ -4,10 +4,12 @@ The run resumes by itself from the latest complete checkpoint in DIR/checkpoints
 """
 
 import os
+import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from memobert_jax import config_utils
 from memobert_jax.training import loop
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file (and :variant arguments).', lock_config=True)
@@ -22,4 +24,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  config_utils.check_command_line(sys.argv)
   app.run(main)

@@ -92,13 +92,18 @@ class Prepared:
 
 
 class Preparer:
-  """Decodes a record and tokenizes its text. Text longer than the cap yields None when drop_long_text
+  """Decodes a record, tokenizes its text and applies the length caps (a modality left out of
+  data.modalities gets zero frames). Text longer than the cap yields None when drop_long_text
   (the paper drops such pretraining utterances), else the words at the end are cut."""
 
   def __init__(self, data_cfg: ConfigDict, tokenizer: tokenizer_lib.Tokenizer, metadata: schema.DatasetMetadata):
+    if 'L' not in data_cfg.modalities or set(data_cfg.modalities) - set('LVA'):
+      raise ValueError(f'data.modalities {data_cfg.modalities!r} must contain L (the text) and only L, V, A')
     self.data_cfg = data_cfg
     self.tokenizer = tokenizer
     self.metadata = metadata
+    self.visual_frames = data_cfg.max_visual_frames if 'V' in data_cfg.modalities else 0
+    self.acoustic_frames = data_cfg.max_acoustic_frames if 'A' in data_cfg.modalities else 0
 
   def __call__(self, record: bytes) -> Prepared | None:
     example = schema.decode_example(record, self.metadata)
@@ -110,10 +115,9 @@ class Preparer:
         return None
       ids = np.concatenate([ids[:limit - 1], ids[-1:]])
       word_ids = np.concatenate([word_ids[:limit - 1], word_ids[-1:]])
-    visual = example['visual'][:self.data_cfg.max_visual_frames]
+    visual = example['visual'][:self.visual_frames]
     return Prepared(example['id'], ids, word_ids, example['label'], example['speaker'], example['session'], visual,
-                    example['visual_soft_labels'][:len(visual)],
-                    example['acoustic'][:self.data_cfg.max_acoustic_frames])
+                    example['visual_soft_labels'][:len(visual)], example['acoustic'][:self.acoustic_frames])
 
 
 def special_ids(tokenizer: tokenizer_lib.Tokenizer) -> masking.SpecialIds:
@@ -327,6 +331,10 @@ def pretraining_dataset(config: ConfigDict, tokenizer: tokenizer_lib.Tokenizer, 
   if process_count > 1 and any(len(config.data[f'{m}_buckets']) > 1 for m in ('text', 'visual', 'acoustic')):
     raise ValueError('with several processes every host must build the same shapes: give one bucket per modality '
                      '(data.text_buckets, data.visual_buckets, data.acoustic_buckets)')
+  for task, modality in FRAME_TASKS.items():
+    if config.tasks.weights[task] > 0 and modality[0].upper() not in config.data.modalities:
+      raise ValueError(f'task {task} needs {modality} frames, which data.modalities={config.data.modalities!r} '
+                       f'leaves out: set --config.tasks.weights.{task}=0')
   if micro_batch_size % process_count:
     raise ValueError(f'micro-batch of {micro_batch_size} examples does not split over {process_count} processes')
   sources = [open_source(p, w, config.model) for p, w in parse_sources(config.data.train)]

@@ -15,7 +15,7 @@ from absl import logging
 from flax import nnx
 from ml_collections import ConfigDict
 
-from memobert_jax import evaluation, init_checkpoint, tokenizer as tokenizer_lib
+from memobert_jax import config_utils, evaluation, init_checkpoint, tokenizer as tokenizer_lib
 from memobert_jax.data import labelled
 from memobert_jax.training import loop, metrics as metrics_lib, optimizer as optimizer_lib, partitioning
 from memobert_jax.training import step as step_lib, tasks, train_state
@@ -132,6 +132,7 @@ def finetune(config: ConfigDict, workdir: str) -> dict:
       'eval_modalities': settings.eval_modalities, 'template': settings.template, 'label_names': label_names,
       'label_words': list(batcher.verbalizer.words), 'best_step': best['step'], 'valid': best['valid'],
       'test': test_scores, 'sizes': {name: len(members) for name, members in parts.items()},
+      'git_revision': config_utils.git_revision(),
   }
   init_checkpoint.export_state(best_params, os.path.join(workdir, 'best'), config.model,
                                source=f'finetuning {workdir} step {best["step"]}',

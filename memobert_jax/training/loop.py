@@ -13,7 +13,7 @@ import numpy as np
 from absl import logging
 from ml_collections import ConfigDict
 
-from memobert_jax import init_checkpoint, tokenizer as tokenizer_lib
+from memobert_jax import config_utils, init_checkpoint, tokenizer as tokenizer_lib
 from memobert_jax.data import pipeline
 from memobert_jax.training import checkpointing, metrics as metrics_lib, optimizer as optimizer_lib
 from memobert_jax.training import partitioning, step as step_lib, train_state
@@ -123,6 +123,7 @@ def pretrain(config: ConfigDict, workdir: str) -> dict:
                                tokenizer=config.data.tokenizer.to_dict())
   data_state = train_iter.get_state()
   last.update({f'data/{k}': data_state[k] for k in ('examples_seen', 'dropped_long_text')})
+  last['git_revision'] = config_utils.git_revision()
   train_iter.close()
   bar.close()
   writer.close()

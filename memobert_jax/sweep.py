@@ -1,0 +1,160 @@
+"""Sweeps: pretraining variants x finetuning axes, each run in its own workdir, one results table.
+
+  python -m memobert_jax.sweep --sweep configs/sweeps/ablation.py:demo --workdir runs/ablation [--slice 2/4]
+
+A sweep file's get_config(arg) returns:
+  pretrain   (optional) config: 'configs/pretrain.py:...', overrides: {key: value},
+             variants: {name: {key: value}}  one pretraining run per variant
+  finetune   config: 'configs/finetune.py:...', overrides: {key: value},
+             axes: {key: [values]}  every combination is a run; a key of the config file's
+             argument (mode, fold, seed, fraction, template, train, eval...) or a dotted
+             override key; init: 'pretrain' (each variant's export, default), 'none'
+             (the finetune config's own init.checkpoint), or both
+  group_by   table rows: axis names, plus 'pretrain' for the variant; the mean and standard
+             deviation are taken over the other axes (folds, seeds)
+Runs whose results exist are skipped, so a sweep can be re-run or extended; `--slice k/n`
+takes every n-th run starting at the k-th (1-based) so several jobs can share a sweep. A
+finetuning run waits (is skipped) until its pretraining variant has finished.
+"""
+
+import dataclasses
+import itertools
+import json
+import os
+import sys
+from collections.abc import Sequence
+
+from absl import app, flags, logging
+from ml_collections import ConfigDict
+
+from memobert_jax import config_utils, evaluation
+from memobert_jax.training import finetuning, loop
+
+_SWEEP = flags.DEFINE_string('sweep', None, 'Sweep file (and :argument).')
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Folder holding one sub-folder per run and the tables.')
+_SLICE = flags.DEFINE_string('slice', '1/1', 'k/n: run every n-th run starting at the k-th.')
+_COLLECT_ONLY = flags.DEFINE_bool('collect_only', False, 'Only collect finished runs into the tables.')
+
+METRICS = ('wa', 'ua', 'macro_f1')
+NO_PRETRAINING = 'none'
+EXPORT_MARKER = os.path.join('export', 'memobert_init.json')
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+  kind: str  # 'pretrain' or 'finetune'
+  name: str  # relative workdir
+  spec: str  # config file and argument string
+  overrides: dict
+  fields: dict  # what the table shows of this run
+  needs: str | None = None  # the pretraining run whose export this run starts from
+
+  def finished(self, root: str) -> bool:
+    marker = EXPORT_MARKER if self.kind == 'pretrain' else finetuning.RESULTS_FILE
+    return os.path.exists(os.path.join(root, self.name, marker))
+
+
+def _value_name(value) -> str:
+  return ','.join(map(str, value)) if isinstance(value, (tuple, list)) else str(value)
+
+
+def plan(sweep: ConfigDict) -> list[Run]:
+  """Every run of the sweep, pretraining first."""
+  runs: list[Run] = []
+  pretraining = {}
+  if 'pretrain' in sweep:
+    for variant, overrides in sweep.pretrain.variants.items():
+      run = Run('pretrain', f'pretrain/{variant}', sweep.pretrain.config,
+                {**sweep.pretrain.get('overrides', {}), **overrides}, {'pretrain': variant})
+      pretraining[variant] = run
+      runs.append(run)
+  finetune = sweep.finetune
+  arguments = set(config_utils.load_module(finetune.config.partition(':')[0]).ARGUMENTS)
+  axes = list(finetune.axes.items())
+  inits = list(finetune.get('init', ('pretrain',)))
+  sources = ([NO_PRETRAINING] if 'none' in inits else []) + (list(pretraining) if 'pretrain' in inits else [])
+  for source in sources:
+    for combination in itertools.product(*(values for _, values in axes)):
+      chosen = dict(zip((k for k, _ in axes), combination))
+      spec = finetune.config + ''.join(f',{k}={_value_name(v)}' for k, v in chosen.items() if k in arguments)
+      overrides = {**finetune.get('overrides', {}), **{k: v for k, v in chosen.items() if k not in arguments}}
+      needs = None
+      if source != NO_PRETRAINING:
+        needs = pretraining[source].name
+        overrides['init.checkpoint'] = os.path.join('{root}', needs, 'export')
+      name = 'finetune/' + source + '/' + '/'.join(f'{k}={_value_name(v)}' for k, v in chosen.items())
+      runs.append(Run('finetune', name, spec, overrides, {'pretrain': source, **chosen}, needs))
+  return runs
+
+
+def build_config(run: Run, root: str) -> ConfigDict:
+  config = config_utils.load_config(run.spec)
+  overrides = {k: v.format(root=root) if isinstance(v, str) else v for k, v in run.overrides.items()}
+  return config_utils.apply_overrides(config, overrides)
+
+
+def execute(run: Run, root: str) -> None:
+  config = build_config(run, root)
+  workdir = os.path.join(root, run.name)
+  os.makedirs(workdir, exist_ok=True)
+  with open(os.path.join(workdir, 'provenance.json'), 'w') as f:
+    json.dump({'run': dataclasses.asdict(run), 'git_revision': config_utils.git_revision(),
+               'command': sys.argv}, f, indent=2)
+  if run.kind == 'pretrain':
+    loop.pretrain(config, workdir)
+  else:
+    finetuning.finetune(config, workdir)
+
+
+def collect(runs: Sequence[Run], root: str, group_by: Sequence[str]) -> list[dict]:
+  """Finished finetuning runs -> rows; writes results.md and results.csv (mean ± std per group) into root."""
+  rows = []
+  for run in runs:
+    if run.kind == 'finetune' and run.finished(root):
+      with open(os.path.join(root, run.name, finetuning.RESULTS_FILE)) as f:
+        results = json.load(f)
+      rows.append({**{k: _value_name(v) for k, v in run.fields.items()},
+                   **{m: results['test'][m] for m in METRICS}, **{f'valid_{m}': results['valid'][m] for m in METRICS}})
+  table = evaluation.aggregate(rows, group_by, METRICS)
+  with open(os.path.join(root, 'results.md'), 'w') as f:
+    f.write('Test metrics (%) of the validation-selected model, mean ± std over the runs of each row.\n\n')
+    f.write(evaluation.markdown_table(table, group_by, METRICS))
+  with open(os.path.join(root, 'results.csv'), 'w') as f:
+    f.write(evaluation.csv_table(table))
+  with open(os.path.join(root, 'runs.csv'), 'w') as f:
+    f.write(evaluation.csv_table(rows))
+  return table
+
+
+def run_sweep(sweep: ConfigDict, root: str, *, part: int = 1, parts: int = 1, collect_only: bool = False) -> list[dict]:
+  """Runs this job's share of the sweep's unfinished runs, then collects the table."""
+  root = os.path.abspath(root)
+  runs = plan(sweep)
+  if not collect_only:
+    mine = runs[part - 1::parts]
+    for index, run in enumerate(mine, 1):
+      if run.finished(root):
+        print(f'[{index}/{len(mine)}] {run.name}: finished earlier, skipped')
+      elif run.needs and not os.path.exists(os.path.join(root, run.needs, EXPORT_MARKER)):
+        print(f'[{index}/{len(mine)}] {run.name}: waits for {run.needs}, skipped (re-run the sweep later)')
+      else:
+        print(f'[{index}/{len(mine)}] {run.name}')
+        execute(run, root)
+  return collect(runs, root, sweep.group_by)
+
+
+def main(argv):
+  del argv
+  logging.set_verbosity(logging.WARNING)
+  part, parts = (int(x) for x in _SLICE.value.split('/'))
+  if not 1 <= part <= parts:
+    raise app.UsageError(f'--slice {_SLICE.value}: k must lie in 1..n')
+  sweep = config_utils.load_config(_SWEEP.value)
+  table = run_sweep(sweep, _WORKDIR.value, part=part, parts=parts, collect_only=_COLLECT_ONLY.value)
+  print(evaluation.markdown_table(table, sweep.group_by, METRICS))
+  print(f'tables: {os.path.join(os.path.abspath(_WORKDIR.value), "results.md")} and results.csv')
+
+
+if __name__ == '__main__':
+  flags.mark_flags_as_required(['sweep', 'workdir'])
+  app.run(main)
