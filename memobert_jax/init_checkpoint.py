@@ -65,6 +65,10 @@ def save(output: str | pathlib.Path, params: Mapping[str, np.ndarray | jax.Array
   return metadata
 
 
+def parameter_names(state: nnx.State) -> list[str]:
+  return [_path_name(path) for path, _ in nnx.to_flat_state(state)]
+
+
 def export_state(state: nnx.State, output: str | pathlib.Path, model_cfg: ConfigDict, *, source: str,
                  **extra: Any) -> dict[str, Any]:
   """Saves a whole model parameter state with its full model config."""

@@ -30,7 +30,7 @@ def resolve(config: ConfigDict, num_classes: int) -> ConfigDict:
   return config
 
 
-def make_scorer(graphdef: nnx.GraphDef, label_word_ids: np.ndarray | None, state_shardings, mesh, rules):
+def make_scorer(graphdef: nnx.GraphDef, label_word_ids: np.ndarray | None, param_shardings, mesh, rules):
   """Jitted per-class scores [b, K] for a [1, b, ...] batch."""
 
   def scores(params: nnx.State, batch: dict) -> jax.Array:
@@ -38,7 +38,7 @@ def make_scorer(graphdef: nnx.GraphDef, label_word_ids: np.ndarray | None, state
     ids = None if label_word_ids is None else jnp.asarray(label_word_ids)
     return tasks.class_scores(model, jax.tree.map(lambda x: x[0], batch), ids)
 
-  return jax.jit(scores, in_shardings=(state_shardings.params, step_lib.train_batch_sharding(mesh, rules)),
+  return jax.jit(scores, in_shardings=(param_shardings, step_lib.train_batch_sharding(mesh, rules)),
                  out_shardings=partitioning.replicated(mesh))
 
 
@@ -84,7 +84,7 @@ def finetune(config: ConfigDict, workdir: str) -> dict:
                                         learning_rate=optimizer_lib.learning_rate_schedule(config.optim),
                                         state_shardings=shardings, mesh=mesh, rules=rules)
   label_word_ids = None if settings.mode == 'cls' else batcher.verbalizer.label_ids
-  scorer = make_scorer(graphdef, label_word_ids, shardings, mesh, rules)
+  scorer = make_scorer(graphdef, label_word_ids, shardings.params, mesh, rules)
   sharding = step_lib.train_batch_sharding(mesh, rules)
   valid = labelled.evaluation_batches(batcher, parts['valid'], settings.eval_modalities, settings.eval_batch_size)
   valid_labels = np.array([u.label for u in parts['valid']])

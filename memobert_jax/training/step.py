@@ -61,7 +61,7 @@ def make_train_step(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformat
     params = optax.apply_updates(state.params, updates)
     metrics = {'loss': total / count, f'{task}/loss': total / count, f'{task}/targets': count}
     metrics.update({f'{task}/{name}': value / count for name, value in metric_sums.items()})
-    metrics['grad_norm'] = optax.global_norm(grads)
+    metrics['grad_norm'] = optax.tree.norm(grads)
     metrics['learning_rate'] = learning_rate(state.step)
     return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
