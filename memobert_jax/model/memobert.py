@@ -60,6 +60,8 @@ class MEmoBERT(nnx.Module):
     self.dtype = jnp.dtype(cfg.dtype)
     self.visual_dim = cfg.visual_dim
     self.acoustic_dim = cfg.acoustic_dim
+    # A tuple, not a dict: module attributes that are not arrays must be hashable.
+    self.max_lengths = (cfg.max_text_positions, cfg.max_visual_positions, cfg.max_acoustic_positions)
     self.text_embeddings = TextEmbeddings(cfg, rngs=rngs)
     self.visual_embeddings = FrameEmbeddings(cfg, cfg.visual_dim, cfg.max_visual_positions, rngs=rngs)
     self.acoustic_embeddings = FrameEmbeddings(cfg, cfg.acoustic_dim, cfg.max_acoustic_positions, rngs=rngs)
@@ -86,6 +88,11 @@ class MEmoBERT(nnx.Module):
     visual, visual_mask, visual_masked = _frames(batch, 'visual', self.visual_dim, batch_size, self.dtype)
     acoustic, acoustic_mask, acoustic_masked = _frames(batch, 'acoustic', self.acoustic_dim, batch_size,
                                                        self.dtype)
+    lengths = (text_ids.shape[1], visual.shape[1], acoustic.shape[1])
+    for name, length, limit in zip(('text', 'visual', 'acoustic'), lengths, self.max_lengths):
+      # Beyond its position table a lookup would silently read NaN rows.
+      if length > limit:
+        raise ValueError(f'{name} length {length} exceeds model.max_{name}_positions={limit}')
     segment_b = self.text_embeddings.token_type(jnp.ones((), jnp.int32))
     x = jnp.concatenate([
         self.text_embeddings(text_ids, **mode),
