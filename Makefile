@@ -18,7 +18,7 @@ $(VENV)/.installed: requirements.txt requirements-test.txt
 	touch $@
 
 demo: venv
-	JAX_PLATFORMS=cpu $(PY) -m memobert_jax.demo --workdir $(DEMO_DIR)
+	JAX_PLATFORMS=cpu $(PY) scripts/demo.py --workdir $(DEMO_DIR)
 
 test: venv
 	$(TEST_ENV) $(PY) -m pytest -q tests

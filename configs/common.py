@@ -17,15 +17,42 @@ MODEL_SIZES = {
 }
 
 # Mesh presets: axis sizes for (data, fsdp, tensor); -1 takes the remaining devices.
-# per_device_batch is the micro-batch each device processes per forward pass.
+#   per_device_batch     examples each device processes per forward pass (the micro-batch share)
+#   batch_size           pretraining examples per optimizer step: a multiple of the data-parallel size
+#                        (data x fsdp); the paper's 640 unless the slice has more chips than that allows
+#   finetune_batch_size  finetuning examples per step (the paper's 32 where the slice divides it)
+#   topology             libtpu's name of the slice ('v5e:4x4'), for ahead-of-time compiles on any machine
+#                        (python -m memobert_jax.aot_compile); '' for GPU/CPU presets
+#   chip_config          'megacore' where one JAX device is a chip of two TensorCores (v4, v5p)
+#   chips_per_host       chips per host VM where libtpu's default (2, 2, 1) is wrong (8-chip single-host slices)
+# The 110M-parameter base model is data-parallel everywhere: its parameters and Adam moments (1.3 GB) fit
+# every chip, so sharding them (fsdp) or the layers (tensor) would only add communication (docs/SCALING.md).
+# Activations at these per-device batches take a few GB, so no preset recomputes them (remat='none').
 MESHES = {
     'cpu': dict(shape=(-1, 1, 1), per_device_batch=16, dtype='float32', remat='none'),
+    # One GPU: the paper's 160 x 4 accumulation.
     'gpu': dict(shape=(1, 1, 1), per_device_batch=160, dtype='bfloat16', remat='none'),
+    # Every GPU of the host (8: one micro-batch of 640 per step; 4 or 2: accumulation).
     'gpu8': dict(shape=(-1, 1, 1), per_device_batch=80, dtype='bfloat16', remat='none'),
-    'v4-32': dict(shape=(-1, 1, 1), per_device_batch=40, dtype='bfloat16', remat='none', topology='v4:2x2x4'),
+    # Single-host TPU VMs.
+    'v4-8': dict(shape=(-1, 1, 1), per_device_batch=160, dtype='bfloat16', remat='none', topology='v4:2x2x1',
+                 chip_config='megacore'),
+    'v5p-8': dict(shape=(-1, 1, 1), per_device_batch=160, dtype='bfloat16', remat='none', topology='v5p:2x2x1',
+                  chip_config='megacore'),
+    'v5e-8': dict(shape=(-1, 1, 1), per_device_batch=80, dtype='bfloat16', remat='none', topology='v5e:2x4',
+                  chips_per_host=(2, 4, 1)),
+    'v6e-8': dict(shape=(-1, 1, 1), per_device_batch=80, dtype='bfloat16', remat='none', topology='v6e:2x4',
+                  chips_per_host=(2, 4, 1)),
+    # Pod slices (several hosts, 4 chips each): 16 chips x 40 = 640.
+    'v4-32': dict(shape=(-1, 1, 1), per_device_batch=40, dtype='bfloat16', remat='none', topology='v4:2x2x4',
+                  chip_config='megacore'),
     'v5e-16': dict(shape=(-1, 1, 1), per_device_batch=40, dtype='bfloat16', remat='none', topology='v5e:4x4'),
-    'v5e-256': dict(shape=(-1, 8, 1), per_device_batch=40, dtype='bfloat16', remat='dots', topology='v5e:16x16'),
+    # 256 chips do not divide 640: 4 x 640 examples per step (run 10k steps to see the paper's 25.6M examples).
+    'v5e-256': dict(shape=(-1, 1, 1), per_device_batch=10, dtype='bfloat16', remat='none', topology='v5e:16x16',
+                    batch_size=2560, finetune_batch_size=256),
 }
+# What a preset leaves out.
+MESH_DEFAULTS = dict(batch_size=640, finetune_batch_size=32, topology='', chip_config='', chips_per_host=())
 
 MESH_AXES = ('data', 'fsdp', 'tensor')
 
@@ -85,6 +112,7 @@ def model_config(size: str, *, mesh: str = 'cpu') -> ml_collections.ConfigDict:
       acoustic_dim=768,  # wav2vec 2.0 base hidden state
       num_visual_classes=8,  # FER+ soft labels
       num_classes=0,  # > 0 adds the [CLS] classification head (finetuning baseline)
+      itm_head=False,  # adds the text-to-frames matching head (the itm ablation task)
       dropout_rate=0.1,
       attention_dropout_rate=0.1,
       layer_norm_eps=1e-12,
@@ -101,7 +129,7 @@ def model_config(size: str, *, mesh: str = 'cpu') -> ml_collections.ConfigDict:
 def mesh_preset(name: str) -> ml_collections.ConfigDict:
   if name not in MESHES:
     raise ValueError(f'unknown mesh preset {name!r}; known: {sorted(MESHES)}')
-  preset = dict(topology='', **MESHES[name])
+  preset = {**MESH_DEFAULTS, **MESHES[name]}
   return ml_collections.ConfigDict(dict(name=name, axes=MESH_AXES, **preset))
 
 

@@ -2,7 +2,7 @@
 
 Variants: `--config configs/pretrain.py:<model>[,mesh=<preset>][,key=value...]`
   model  tiny | mini | base (default base: the paper's bert-base)
-  mesh   cpu | gpu | gpu8 | v4-32 | v5e-16 | v5e-256 (configs/common.py)
+  mesh   cpu | gpu | gpu8 | v4-8 | v5p-8 | v5e-8 | v6e-8 | v4-32 | v5e-16 | v5e-256 (configs/common.py MESHES)
   steps  optimizer steps (default 40000, the paper's)
 Everything else is overridden with `--config.key=value`, e.g.
   --config.data.train=/data/pretrain_shards --config.init.checkpoint=/ckpt/bert-base-uncased
@@ -30,7 +30,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.tasks = ml_collections.ConfigDict(dict(
       # Sampling weights of the task drawn for each optimizer step; 0 drops a task.
       weights=ml_collections.ConfigDict(dict(mlm=2.0, visual_regression=1.0, visual_kl=1.0,
-                                             acoustic_regression=1.0)),
+                                             acoustic_regression=1.0, itm=0.0)),
+      # itm (ablation; needs model.itm_head=True): with this probability an example's frames are
+      # swapped for another example's of the batch, and the pooled [CLS] must tell.
+      itm_negative_rate=0.5,
       mlm_probability=0.15,
       whole_word_masking=True,
       visual_span=3,
@@ -39,7 +42,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       acoustic_ratio=0.15,
   ))
 
-  config.batch_size = 640  # examples per optimizer step (the paper: 160 x 4 accumulation)
+  # Examples per optimizer step: the paper's 640 (160 x 4 accumulation), or what the mesh preset needs.
+  config.batch_size = mesh.batch_size
   config.per_device_batch = mesh.per_device_batch  # examples per device per micro-batch
   config.optim = ml_collections.ConfigDict(dict(
       learning_rate=5e-5, warmup_steps=min(4000, arg.steps // 10), total_steps=arg.steps,

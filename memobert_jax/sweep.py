@@ -8,8 +8,10 @@ A sweep file's get_config(arg) returns:
   finetune   config: 'configs/finetune.py:...', overrides: {key: value},
              axes: {key: [values]}  every combination is a run; a key of the config file's
              argument (mode, fold, seed, fraction, template, train, eval...) or a dotted
-             override key; init: 'pretrain' (each variant's export, default), 'none'
-             (the finetune config's own init.checkpoint), or both
+             override key; variants (optional): a list of {key: value} settings, each
+             crossed with the axes (a variant's 'pretrain' entry lists the pretraining
+             sources it runs on); init: 'pretrain' (each variant's export, default),
+             'none' (the finetune config's own init.checkpoint), or both
   group_by   table rows: axis names, plus 'pretrain' for the variant; the mean and standard
              deviation are taken over the other axes (folds, seeds)
 Runs whose results exist are skipped, so a sweep can be re-run or extended; `--slice k/n`
@@ -59,7 +61,8 @@ def _value_name(value) -> str:
 
 
 def plan(sweep: ConfigDict) -> list[Run]:
-  """Every run of the sweep, pretraining first."""
+  """Every run of the sweep, pretraining first. A run's table fields hold every group_by key (a config
+  argument a run does not set shows its default)."""
   runs: list[Run] = []
   pretraining = {}
   if 'pretrain' in sweep:
@@ -69,13 +72,20 @@ def plan(sweep: ConfigDict) -> list[Run]:
       pretraining[variant] = run
       runs.append(run)
   finetune = sweep.finetune
-  arguments = set(config_utils.load_module(finetune.config.partition(':')[0]).ARGUMENTS)
+  arguments = config_utils.load_module(finetune.config.partition(':')[0]).ARGUMENTS
+  given = finetune.config.partition(':')[2].split(',')
+  base_arguments = dict(item.split('=', 1) for item in given if '=' in item)
+  defaults = {k: base_arguments.get(k, arguments[k]) for k in sweep.group_by if k in arguments}
   axes = list(finetune.axes.items())
   inits = list(finetune.get('init', ('pretrain',)))
   sources = ([NO_PRETRAINING] if 'none' in inits else []) + (list(pretraining) if 'pretrain' in inits else [])
+  variants = [dict(v) for v in finetune.get('variants', [{}])]
   for source in sources:
-    for combination in itertools.product(*(values for _, values in axes)):
-      chosen = dict(zip((k for k, _ in axes), combination))
+    for variant, combination in itertools.product(variants, itertools.product(*(values for _, values in axes))):
+      if source not in variant.get('pretrain', sources):
+        continue
+      settings = {k: v for k, v in variant.items() if k != 'pretrain'}
+      chosen = {**settings, **dict(zip((k for k, _ in axes), combination))}
       spec = finetune.config + ''.join(f',{k}={_value_name(v)}' for k, v in chosen.items() if k in arguments)
       overrides = {**finetune.get('overrides', {}), **{k: v for k, v in chosen.items() if k not in arguments}}
       needs = None
@@ -83,7 +93,7 @@ def plan(sweep: ConfigDict) -> list[Run]:
         needs = pretraining[source].name
         overrides['init.checkpoint'] = os.path.join('{root}', needs, 'export')
       name = 'finetune/' + source + '/' + '/'.join(f'{k}={_value_name(v)}' for k, v in chosen.items())
-      runs.append(Run('finetune', name, spec, overrides, {'pretrain': source, **chosen}, needs))
+      runs.append(Run('finetune', name, spec, overrides, {**defaults, 'pretrain': source, **chosen}, needs))
   return runs
 
 

@@ -96,7 +96,7 @@ def test_cross_modal_mode_expands_each_training_utterance_into_its_cases(corpus)
 
 def model_and_batch(corpus, mode):
   config, tokenizer, utterances, label_names = loaded(corpus, mode)
-  config = finetuning.resolve(config, len(label_names))
+  config = finetuning.resolve(config, tokenizer, len(label_names))
   batcher = labelled.FinetuneBatcher(config, tokenizer, label_names)
   mesh = partitioning.make_mesh((1, 1, 1), ('data', 'fsdp', 'tensor'))
   graphdef, state, _ = train_state.create_train_state(config.model, optax.sgd(0.1), mesh,

@@ -177,3 +177,25 @@ def test_validation_batches_are_fixed(corpus):
   assert_same_batches(first, pipeline.validation_batches(config, tokenizer, micro_batch_size=8))
   assert collections.Counter(task for task, _ in first) == {t: 2 for t in pipeline.task_schedule(
       config.tasks.weights)[0]}
+
+
+def test_itm_batches_swap_frames_between_examples_and_say_which(corpus):
+  shards, tokenizer = corpus
+  config = make_config(shards, tokenizer)
+  config.tasks.weights.update(dict(mlm=0.0, visual_regression=0.0, visual_kl=0.0, acoustic_regression=0.0, itm=1.0))
+  with pytest.raises(ValueError, match='model.itm_head=True'):
+    pipeline.pretraining_dataset(config, tokenizer, split='train', micro_batches=1, micro_batch_size=16)
+  builder = pipeline.BatchBuilder(config, tokenizer)
+  # Example i's frames are filled with the value i, so a row shows whose frames it got.
+  examples = [pipeline.Prepared(f'e{i}', np.array([2, 10 + i, 3], np.int32), np.array([-1, 0, -1], np.int32), -1,
+                                '', '', np.full((3, 12), i, np.float32), np.zeros((0, 8), np.float32),
+                                np.full((4, 10), i, np.float32)) for i in range(16)]
+  rng = np.random.default_rng(0)
+  swapped = []
+  for _ in range(50):
+    batch = builder.build('itm', examples, 1, rng)
+    owners_visual, owners_acoustic = batch['visual'][0, :, 0, 0], batch['acoustic'][0, :, 0, 0]
+    np.testing.assert_array_equal(owners_visual, owners_acoustic)  # both streams come from one donor
+    np.testing.assert_array_equal(batch['itm_targets'][0], owners_visual == np.arange(16))
+    swapped.extend(owners_visual != np.arange(16))
+  assert abs(np.mean(swapped) - config.tasks.itm_negative_rate) < 5 * np.sqrt(0.25 / len(swapped))

@@ -176,6 +176,8 @@ class BatchBuilder:
             rng: np.random.Generator) -> dict[str, np.ndarray]:
     if task == 'mlm':
       batch = self._mlm(examples, rng)
+    elif task == 'itm':
+      batch = self._matching(examples, rng)
     elif task in FRAME_TASKS:
       batch = self._frames(task, examples, rng)
     else:
@@ -190,6 +192,19 @@ class BatchBuilder:
     batch['mlm_positions'] = np.stack([m.positions for m in masked])
     batch['mlm_targets'] = np.stack([m.targets for m in masked])
     batch['mlm_weights'] = np.stack([m.weights for m in masked])
+    return batch
+
+  def _matching(self, examples: Sequence[Prepared], rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """In-batch negatives: some examples get both frame streams of another example of the batch."""
+    n = len(examples)
+    donors = np.arange(n)
+    swap = rng.random(n) < self.tasks.itm_negative_rate
+    if n > 1:
+      # A random other example: shift by 1..n-1 so no example is its own donor.
+      donors = np.where(swap, (donors + rng.integers(1, n, size=n)) % n, donors)
+    batch = self.pad_inputs([e.ids for e in examples], [examples[d].visual for d in donors],
+                            [examples[d].acoustic for d in donors])
+    batch['itm_targets'] = (donors == np.arange(n)).astype(np.int32)
     return batch
 
   def _frames(self, task: str, examples: Sequence[Prepared], rng: np.random.Generator) -> dict[str, np.ndarray]:
@@ -331,6 +346,8 @@ def pretraining_dataset(config: ConfigDict, tokenizer: tokenizer_lib.Tokenizer, 
   if process_count > 1 and any(len(config.data[f'{m}_buckets']) > 1 for m in ('text', 'visual', 'acoustic')):
     raise ValueError('with several processes every host must build the same shapes: give one bucket per modality '
                      '(data.text_buckets, data.visual_buckets, data.acoustic_buckets)')
+  if config.tasks.weights.get('itm', 0) > 0 and not config.model.itm_head:
+    raise ValueError('the itm task needs the matching head: set --config.model.itm_head=True')
   for task, modality in FRAME_TASKS.items():
     if config.tasks.weights[task] > 0 and modality[0].upper() not in config.data.modalities:
       raise ValueError(f'task {task} needs {modality} frames, which data.modalities={config.data.modalities!r} '
@@ -369,6 +386,15 @@ def validation_batches(config: ConfigDict, tokenizer: tokenizer_lib.Tokenizer, *
     raise ValueError(f'the validation split {config.data.valid_split!r} of {config.data.valid} holds fewer than '
                      f'{local} usable examples, one micro-batch')
   return batches
+
+
+def with_vocabulary(config: ConfigDict, tokenizer: tokenizer_lib.Tokenizer) -> ConfigDict:
+  """A copy of the config whose model.vocab_size 0 ('take it from the tokenizer') is resolved."""
+  config = ConfigDict(config.to_dict())
+  if config.model.vocab_size == 0:
+    config.model.vocab_size = tokenizer.vocab_size
+  check_vocabulary(tokenizer, config.model)
+  return config
 
 
 def check_vocabulary(tokenizer: tokenizer_lib.Tokenizer, model_cfg: ConfigDict) -> None:

@@ -18,7 +18,7 @@ from ml_collections import ConfigDict
 from memobert_jax.model.embeddings import FrameEmbeddings, TextEmbeddings
 from memobert_jax.model.encoder import Encoder
 from memobert_jax.model.heads import ClassificationHead, FrameRegressionHead, MLMHead, Pooler
-from memobert_jax.model.layers import normal_param
+from memobert_jax.model.layers import Dense, normal_param
 
 MODALITIES = ('visual', 'acoustic')
 
@@ -76,6 +76,9 @@ class MEmoBERT(nnx.Module):
     self.acoustic_regression_head = FrameRegressionHead(cfg, cfg.acoustic_dim, rngs=rngs)
     self.cls_head = (ClassificationHead(cfg, 2 * cfg.hidden_size, cfg.num_classes, rngs=rngs)
                      if cfg.num_classes else None)
+    # Text-to-frames matching (ITM): tried by the authors and dropped; kept for ablations.
+    self.itm_head = (Dense(cfg.hidden_size, 2, ('embed', 'classes'), init_std=cfg.init_std, rngs=rngs,
+                           dtype=self.dtype, param_dtype=jnp.dtype(cfg.param_dtype)) if cfg.itm_head else None)
 
   def __call__(self, batch: dict, *, deterministic: bool = True, dropout_key: jax.Array | None = None) -> Encoded:
     """Encodes a batch; `dropout_key` is required unless `deterministic`."""
@@ -119,6 +122,11 @@ class MEmoBERT(nnx.Module):
 
   def pooled(self, encoded: Encoded) -> jax.Array:
     return self.pooler(encoded.hidden[:, 0])
+
+  def itm_logits(self, encoded: Encoded) -> jax.Array:
+    if self.itm_head is None:
+      raise ValueError('this model has no matching head: set model.itm_head=True for the itm task')
+    return self.itm_head(self.pooled(encoded)).astype(jnp.float32)
 
   def cls_logits(self, encoded: Encoded) -> jax.Array:
     if self.cls_head is None:

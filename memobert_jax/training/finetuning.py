@@ -16,16 +16,16 @@ from flax import nnx
 from ml_collections import ConfigDict
 
 from memobert_jax import config_utils, evaluation, init_checkpoint, tokenizer as tokenizer_lib
-from memobert_jax.data import labelled
+from memobert_jax.data import labelled, pipeline
 from memobert_jax.training import loop, metrics as metrics_lib, optimizer as optimizer_lib, partitioning
 from memobert_jax.training import step as step_lib, tasks, train_state
 
 RESULTS_FILE = 'results.json'
 
 
-def resolve(config: ConfigDict, num_classes: int) -> ConfigDict:
-  """The config with what the data decides: the [CLS] head's size (cls mode only)."""
-  config = ConfigDict(config.to_dict())
+def resolve(config: ConfigDict, tokenizer: tokenizer_lib.Tokenizer, num_classes: int) -> ConfigDict:
+  """The config with what the data decides: the vocabulary size if 0, the [CLS] head's size (cls mode only)."""
+  config = pipeline.with_vocabulary(config, tokenizer)
   config.model.num_classes = num_classes if config.finetune.mode == 'cls' else 0
   return config
 
@@ -62,7 +62,7 @@ def finetune(config: ConfigDict, workdir: str) -> dict:
   splits = [s for s in config.data.splits.split(',') if s]
   utterances, label_names = labelled.load_utterances(config.data.train, splits or _all_splits(config.data.train),
                                                      config.model, config.data, tokenizer)
-  config = resolve(config, len(label_names))
+  config = resolve(config, tokenizer, len(label_names))
   parts = labelled.fold_splits(utterances, settings.protocol, settings.fold, settings.train_fraction, config.seed)
   for name, members in parts.items():
     if not members:

@@ -51,6 +51,7 @@ def pretrain(config: ConfigDict, workdir: str) -> dict:
   num_micro, micro_size = micro_batching(config, mesh)
   tokenizer = tokenizer_lib.load_tokenizer(config.data.tokenizer.kind, config.data.tokenizer.path,
                                            config.data.tokenizer.lowercase)
+  config = pipeline.with_vocabulary(config, tokenizer)
   optimizer = optimizer_lib.make_optimizer(config.optim)
   graphdef, abstract_params = train_state.abstract_model(config.model, config.seed)
   abstract_state = train_state.abstract_train_state(config.model, optimizer, mesh, rules)

@@ -12,6 +12,7 @@ Batch keys each task reads, besides the model inputs (see memobert_jax/model/mem
   acoustic_regression: acoustic_targets [B, La, Da], acoustic_target_mask [B, La] bool
   prompt:              mlm_positions [B, 1] (the [MASK]), mlm_targets [B, 1] (gold label word id),
                        mlm_weights [B, 1]
+  itm:                 itm_targets [B] int32 (1: the frames belong to the text, 0: swapped in)
   cls:                 labels [B] int32, label_weights [B] float32
 """
 
@@ -24,7 +25,7 @@ import optax
 from memobert_jax.model import MEmoBERT
 
 TaskOutput = tuple[jax.Array, jax.Array, dict[str, jax.Array]]
-PRETRAINING_TASKS = ('mlm', 'visual_regression', 'visual_kl', 'acoustic_regression')
+PRETRAINING_TASKS = ('mlm', 'visual_regression', 'visual_kl', 'acoustic_regression', 'itm')
 
 
 def _encode(model: MEmoBERT, batch: dict, deterministic: bool, dropout_key: jax.Array | None):
@@ -65,6 +66,15 @@ def _visual_kl(model: MEmoBERT, batch: dict, deterministic: bool, dropout_key: j
   return (per_frame * weights).sum(), weights.sum(), {}
 
 
+def _text_frame_matching(model: MEmoBERT, batch: dict, deterministic: bool,
+                         dropout_key: jax.Array | None) -> TaskOutput:
+  encoded = _encode(model, batch, deterministic, dropout_key)
+  logits = model.itm_logits(encoded)
+  losses = optax.softmax_cross_entropy_with_integer_labels(logits, batch['itm_targets'])
+  correct = (logits.argmax(-1) == batch['itm_targets']).astype(jnp.float32)
+  return losses.sum(), jnp.asarray(losses.shape[0], jnp.float32), {'accuracy': correct.sum()}
+
+
 def _cls(model: MEmoBERT, batch: dict, deterministic: bool, dropout_key: jax.Array | None) -> TaskOutput:
   encoded = _encode(model, batch, deterministic, dropout_key)
   logits = model.cls_logits(encoded)
@@ -79,6 +89,7 @@ TASKS: dict[str, Callable[..., TaskOutput]] = {
     'visual_regression': _frame_regression('visual'),
     'visual_kl': _visual_kl,
     'acoustic_regression': _frame_regression('acoustic'),
+    'itm': _text_frame_matching,
     # Prompt finetuning is masked-word prediction at the one [MASK]: the MLM loss, no new parameters.
     'prompt': _masked_lm,
     'cls': _cls,

@@ -1,0 +1,60 @@
+"""The demo's experiments on the embedded demo corpus (scripts/demo.py prepares the data).
+
+  python -m memobert_jax.sweep --sweep configs/sweeps/demo.py:data=DEMO_DIR --workdir DEMO_DIR/runs
+
+Pretraining variants (tiny model, from scratch, same steps):
+  multimodal   the four MEmoBERT tasks over text, face and voice
+  text_only    masked-word pretraining on the text alone: the demo's stand-in for "BERT
+               only", the model without multimodal pretraining
+Finetuning settings, each on the demo's given split (IEMOCAP fold 9: session 5, 5F valid, 5M test):
+  prompt and [CLS] head, all data and 10 % of it; prompt with text alone (L); the
+  cross-modal prompt mixture.
+"""
+
+import ml_collections
+
+from configs import common
+
+ARGUMENTS = dict(data='demo_out', pretrain_steps=1500, finetune_steps=600, seeds=1)
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  arg = common.parse_arg(arg, 'data', **ARGUMENTS)
+  data = arg.data
+  shared = {
+      'data.tokenizer.kind': 'sentencepiece', 'data.tokenizer.path': f'{data}/tokenizer/spm.model',
+      'model.vocab_size': 0,  # set by scripts/demo.py from the trained tokenizer
+      'model.visual_dim': 342, 'model.acoustic_dim': 43,
+      'data.max_visual_frames': 24, 'data.max_acoustic_frames': 40, 'data.visual_buckets': (24,),
+      'data.acoustic_buckets': (40,), 'model.dropout_rate': 0.1, 'model.attention_dropout_rate': 0.1,
+  }
+  # Dotted keys: the overrides name config keys as on the command line.
+  sweep = ml_collections.ConfigDict(allow_dotted_keys=True)
+  sweep.pretrain = ml_collections.ConfigDict(allow_dotted_keys=True, initial_dictionary=dict(
+      config=f'configs/pretrain.py:tiny,mesh=cpu,steps={arg.pretrain_steps}',
+      overrides={**shared, 'data.train': f'{data}/data/unlabelled', 'data.valid': f'{data}/data/labelled',
+                 'data.text_buckets': (32,), 'batch_size': 64, 'per_device_batch': 64,
+                 'optim.learning_rate': 1e-3, 'eval_every_steps': 500, 'eval_batches': 2,
+                 'checkpoint.every_steps': 500, 'log_every_steps': 50},
+      variants={
+          'multimodal': {},
+          'text_only': {'data.modalities': 'L', 'tasks.weights.visual_regression': 0.0,
+                        'tasks.weights.visual_kl': 0.0, 'tasks.weights.acoustic_regression': 0.0},
+      },
+  ))
+  sweep.finetune = ml_collections.ConfigDict(allow_dotted_keys=True, initial_dictionary=dict(
+      config=f'configs/finetune.py:prompt,model=tiny,mesh=cpu,protocol=given,steps={arg.finetune_steps},lr=1e-3',
+      overrides={**shared, 'data.train': f'{data}/data/labelled', 'data.text_buckets': (64,),
+                 'eval_every_steps': 100, 'log_every_steps': 50},
+      axes={'seed': list(range(arg.seeds))},
+      variants=[
+          {'mode': 'prompt'},
+          {'mode': 'cls', 'pretrain': ['multimodal']},
+          {'mode': 'prompt', 'train': 'L', 'eval': 'L', 'pretrain': ['multimodal']},
+          {'mode': 'prompt_cm', 'pretrain': ['multimodal']},
+          {'mode': 'prompt', 'fraction': 0.1},
+          {'mode': 'cls', 'fraction': 0.1, 'pretrain': ['multimodal']},
+      ],
+  ))
+  sweep.group_by = ('pretrain', 'mode', 'train', 'fraction')
+  return sweep
