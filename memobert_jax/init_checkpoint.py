@@ -101,31 +101,36 @@ def _path_name(path: tuple[Any, ...]) -> str:
   return '/'.join(str(key) for key in path)
 
 
-def restore_into(state: nnx.State, init_dir: str | pathlib.Path, cfg: Mapping[str, Any]
-                 ) -> tuple[nnx.State, list[str]]:
+def restore_into(state: nnx.State, init_dir: str | pathlib.Path, cfg: Mapping[str, Any],
+                 skip: tuple[str, ...] = ()) -> tuple[nnx.State, list[str]]:
   """Replaces the leaves of `state` that the init checkpoint holds; returns (new state, loaded paths).
 
   `state` is a model's parameter state, concrete or abstract (from nnx.eval_shape). Each
   loaded leaf is read straight into the sharding of the leaf it replaces (its array's
   sharding, or its ShapeDtypeStruct's; the default device where an abstract leaf has
-  none) and the state's dtype. Leaves the checkpoint lacks are returned unchanged.
+  none) and the state's dtype. Leaves the checkpoint lacks are returned unchanged; checkpoint
+  parameters whose path starts with one of `skip` are not loaded (any other unknown one is an error).
   """
   init_dir = pathlib.Path(init_dir).resolve()
   metadata = check_config(init_dir, cfg)
   variables = {_path_name(path): (path, var) for path, var in nnx.to_flat_state(state)}
-  unknown = sorted(set(metadata['params']) - set(variables))
+  wanted = {name: shape for name, shape in metadata['params'].items() if not name.startswith(skip)}
+  unknown = sorted(set(wanted) - set(variables))
   if unknown:
     raise ValueError(f'init checkpoint {init_dir} has parameters the model does not: {listing(unknown)}')
   target = {}
-  for name, shape in metadata['params'].items():
+  for name, shape in wanted.items():
     value = variables[name][1].get_value()
     if tuple(value.shape) != tuple(shape):
       raise ValueError(f'init checkpoint {init_dir} has {name} of shape {tuple(shape)}, the model '
                        f'{tuple(value.shape)}')
     sharding = getattr(value, 'sharding', None) or jax.sharding.SingleDeviceSharding(jax.devices()[0])
     target[name] = jax.ShapeDtypeStruct(value.shape, value.dtype, sharding=sharding)
-  with ocp.StandardCheckpointer() as checkpointer:
-    restored = checkpointer.restore(init_dir / PARAMS_DIR, _nest(target))
+  target = _nest(target)
+  # partial_restore: the checkpoint may hold parameters this model skips (e.g. a pretraining-only head).
+  with ocp.PyTreeCheckpointer() as checkpointer:
+    restored = checkpointer.restore(init_dir / PARAMS_DIR, args=ocp.args.PyTreeRestore(
+        target, restore_args=ocp.checkpoint_utils.construct_restore_args(target), partial_restore=True))
   flat_restored = {_path_name(tuple(k.key for k in path)): leaf
                    for path, leaf in jax.tree_util.tree_flatten_with_path(restored)[0]}
   new_flat = [(path, var.replace(flat_restored[name]) if name in flat_restored else var)

@@ -76,7 +76,9 @@ def finetune(config: ConfigDict, workdir: str) -> dict:
   optimizer = optimizer_lib.make_optimizer(config.optim)
   graphdef, state, shardings = train_state.create_train_state(config.model, optimizer, mesh, rules, config.seed)
   if config.init.checkpoint:
-    params, loaded = init_checkpoint.restore_into(state.params, config.init.checkpoint, config.model)
+    # A pretraining run with the itm ablation task leaves a matching head that finetuning does not use.
+    params, loaded = init_checkpoint.restore_into(state.params, config.init.checkpoint, config.model,
+                                                  skip=('itm_head/',))
     state = state.replace(params=params)
     logging.warning('initialised %d parameters from %s', len(loaded), config.init.checkpoint)
   task = 'cls' if settings.mode == 'cls' else 'prompt'
