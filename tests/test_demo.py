@@ -1,0 +1,77 @@
+"""The demo end to end at a reduced size, and a two-axis sweep over its data (task set x template)."""
+
+import json
+import math
+import os
+import sys
+
+import pytest
+
+from memobert_jax import config_utils, sweep
+
+pytestmark = pytest.mark.slow
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, 'scripts'))
+import demo  # noqa: E402  (scripts/ is not a package)
+
+# Large enough for one pretraining validation batch (64) and a 10 % training set of one batch (32).
+SMALL = dict(num_labelled=700, num_unlabelled=120, workers=1)
+
+
+@pytest.fixture(scope='module')
+def demo_dir(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp('demo'))
+  demo.prepare_data(workdir, **SMALL)
+  return workdir
+
+
+def test_demo_runs_end_to_end_and_prints_the_results_table(demo_dir, capsys):
+  demo.main(['--workdir', demo_dir, '--num_labelled', str(SMALL['num_labelled']), '--num_unlabelled',
+             str(SMALL['num_unlabelled']), '--pretrain_steps', '3', '--finetune_steps', '4', '--workers', '1'])
+  printed = capsys.readouterr().out
+  assert 'Results on the demo test speaker' in printed and 'results.md' in printed
+  runs = os.path.join(demo_dir, 'runs')
+  experiments = config_utils.load_config(f'{ROOT}/configs/sweeps/demo.py:data={demo_dir}')
+  planned = sweep.plan(experiments)
+  assert all(run.finished(runs) for run in planned)
+  table = [line for line in open(os.path.join(runs, 'results.md')) if line.startswith('| ')][2:]
+  assert len(table) == sum(run.kind == 'finetune' for run in planned)  # one seed: one row per setting
+  for run in planned:
+    if run.kind == 'finetune':
+      for name in ('results.json', 'confusion.png', 'best/memobert_init.json'):
+        assert os.path.exists(os.path.join(runs, run.name, name)), (run.name, name)
+  assert os.listdir(os.path.join(runs, 'pretrain', 'multimodal', 'tensorboard'))
+
+
+def test_two_axis_sweep_gives_one_row_per_variant_and_does_not_redo_finished_runs(demo_dir, tmp_path):
+  sweep_file = tmp_path / 'two_axes.py'
+  sweep_file.write_text(f'''
+import ml_collections
+from configs.sweeps import demo
+
+def get_config(arg=None):
+  experiments = demo.get_config('data={demo_dir},pretrain_steps=2,finetune_steps=3')
+  experiments.pretrain.variants = ml_collections.ConfigDict(allow_dotted_keys=True, initial_dictionary={{
+      'all_tasks': {{}}, 'mlm_only': {{'tasks.weights.visual_regression': 0.0, 'tasks.weights.visual_kl': 0.0,
+                                      'tasks.weights.acoustic_regression': 0.0}}}})
+  experiments.finetune.variants = [{{}}]
+  experiments.finetune.axes = {{'template': ['i_am', 'it_was'], 'seed': [0]}}
+  experiments.group_by = ('pretrain', 'template')
+  return experiments
+''')
+  experiments = config_utils.load_config(str(sweep_file))
+  root = str(tmp_path / 'runs')
+  table = sweep.run_sweep(experiments, root)
+  assert [(row['pretrain'], row['template']) for row in table] == [
+      ('all_tasks', 'i_am'), ('all_tasks', 'it_was'), ('mlm_only', 'i_am'), ('mlm_only', 'it_was')]
+  for row in table:
+    assert row['runs'] == 1
+    assert all(math.isfinite(row[f'{m}_mean']) for m in sweep.METRICS)
+  for run in sweep.plan(experiments):
+    with open(os.path.join(root, run.name, 'provenance.json')) as f:
+      assert json.load(f)['git_revision']
+  results = {run.name: os.path.getmtime(os.path.join(root, run.name, 'provenance.json'))
+             for run in sweep.plan(experiments)}
+  assert sweep.run_sweep(experiments, root) == table
+  assert results == {run.name: os.path.getmtime(os.path.join(root, run.name, 'provenance.json'))
+                     for run in sweep.plan(experiments)}
