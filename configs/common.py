@@ -143,6 +143,8 @@ def data_config() -> ml_collections.ConfigDict:
       valid_split='valid',
       tokenizer=ml_collections.ConfigDict(dict(kind='wordpiece', path='', lowercase=True)),
       modalities='LVA',  # inputs read from the data: drop V or A for text-only or bimodal pretraining
+      # Standardise each frame-feature dimension with training-data statistics (memobert_jax/data/normalization.py).
+      normalize_features=True,
       max_text_tokens=30,  # word-pieces between [CLS] and [SEP]
       drop_long_text=True,  # pretraining drops longer utterances (and counts them); finetuning truncates
       max_visual_frames=36,  # the first frames are kept

@@ -37,7 +37,7 @@ import numpy as np
 from tqdm import tqdm
 
 from data_prep import manifest as manifest_lib
-from memobert_jax.data import schema
+from memobert_jax.data import normalization, schema
 
 STATE_DIR = '.state'
 CACHE_DIR = '.cache'
@@ -97,8 +97,8 @@ def _state_path(output_dir: str, file: str) -> str:
   return os.path.join(output_dir, STATE_DIR, file + '.json')
 
 
-def finished_shard(output_dir: str, plan: ShardPlan) -> schema.ShardInfo | None:
-  """The shard's record if its file exists and matches what this plan would write, else None."""
+def finished_shard(output_dir: str, plan: ShardPlan) -> tuple[schema.ShardInfo, dict] | None:
+  """The shard's record and frame moments if its file exists and matches what this plan would write, else None."""
   try:
     with open(_state_path(output_dir, plan.file), encoding='utf-8') as f:
       state = json.load(f)
@@ -108,19 +108,27 @@ def finished_shard(output_dir: str, plan: ShardPlan) -> schema.ShardInfo | None:
       return None
   except (OSError, ValueError, KeyError):
     return None
-  return schema.ShardInfo(plan.file, state['num_examples'], state['num_bytes'], state['sha256'])
+  return schema.ShardInfo(plan.file, state['num_examples'], state['num_bytes'], state['sha256']), state['moments']
 
 
 def write_shard(plan: ShardPlan, output_dir: str, options: manifest_lib.FeatureOptions,
-                label_names: Sequence[str]) -> schema.ShardInfo:
-  """Writes one shard atomically (temporary file, fsync, rename), then its state record."""
+                label_names: Sequence[str]) -> tuple[schema.ShardInfo, dict]:
+  """Writes one shard atomically (temporary file, fsync, rename), then its state record.
+
+  Also returns the moments of its frames (as stored), from which the split's feature statistics follow.
+  """
   import tensorflow as tf  # only shard-writing processes pay for the import
   dtype = schema.storage_dtype(options.storage_dtype)
   final = os.path.join(output_dir, plan.file)
   tmp = os.path.join(output_dir, f'.{plan.file}.tmp-{os.getpid()}')
+  moments = {'visual': [], 'acoustic': []}
   with tf.io.TFRecordWriter(tmp) as writer:
     for utt in plan.utterances:
       features = manifest_lib.load_features(utt, options)
+      for name in moments:
+        frames = getattr(features, name)
+        if frames is not None and len(frames):
+          moments[name].append(normalization.moments(frames.astype(dtype)))
       writer.write(schema.encode_example(
           example_id=utt.id, text=utt.text, label=manifest_lib.label_index(utt, label_names), speaker=utt.speaker, session=utt.session,
           visual=features.visual, visual_soft_labels=features.visual_soft_labels, acoustic=features.acoustic,
@@ -129,9 +137,10 @@ def write_shard(plan: ShardPlan, output_dir: str, options: manifest_lib.FeatureO
     os.fsync(f.fileno())
   info = schema.ShardInfo(plan.file, len(plan.utterances), os.path.getsize(tmp), _sha256_file(tmp))
   os.replace(tmp, final)
-  state = dataclasses.asdict(info) | {'digest': plan.digest}
+  moments = {name: normalization.merge(parts) for name, parts in moments.items()}
+  state = dataclasses.asdict(info) | {'digest': plan.digest, 'moments': moments}
   schema.atomic_write_text(_state_path(output_dir, plan.file), json.dumps(state))
-  return info
+  return info, moments
 
 
 def _clean_leftovers(output_dir: str, plans: Sequence[ShardPlan]) -> list[str]:
@@ -249,14 +258,21 @@ def write_shards(manifest: str | os.PathLike, output_dir: str | os.PathLike, *, 
     todo = [p for p in plans if done[p.file] is None]
     task = functools.partial(write_shard, output_dir=output_dir, options=options,
                              label_names=validated.label_names)
-    for info in tqdm((imap or map)(task, todo), total=len(todo), desc='writing shards', unit=' shards',
-                     disable=not progress):
-      done[info.file] = info
-  split_infos = {}
+    for info, moments in tqdm((imap or map)(task, todo), total=len(todo), desc='writing shards', unit=' shards',
+                              disable=not progress):
+      done[info.file] = info, moments
+  split_infos, split_moments = {}, {}
   for plan in plans:
+    info, moments = done[plan.file]
     split = split_infos.setdefault(plan.split, schema.SplitInfo(0, []))
-    split.shards.append(done[plan.file])
-    split.num_examples += done[plan.file].num_examples
+    split.shards.append(info)
+    split.num_examples += info.num_examples
+    split_moments.setdefault(plan.split, []).append(moments)
+  for name, split in split_infos.items():
+    for modality in ('visual', 'acoustic'):
+      stats = normalization.from_moments(normalization.merge(m[modality] for m in split_moments[name]))
+      if stats is not None:
+        split.feature_stats[modality] = stats.to_json()
   metadata = schema.DatasetMetadata(
       name=name or os.path.basename(output_dir), label_names=validated.label_names, visual_dim=validated.visual_dim,
       acoustic_dim=validated.acoustic_dim, storage_dtype=storage_dtype, splits=split_infos,

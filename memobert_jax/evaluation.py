@@ -68,8 +68,9 @@ def markdown_table(table: Sequence[Mapping], group_by: Sequence[str], metrics: S
 
 
 def csv_table(table: Sequence[Mapping]) -> str:
+  """CSV with the union of the rows' keys as columns (a key a row lacks is an empty cell)."""
   out = io.StringIO()
-  writer = csv.DictWriter(out, fieldnames=list(table[0]) if table else [])
+  writer = csv.DictWriter(out, fieldnames=list(dict.fromkeys(k for row in table for k in row)))
   writer.writeheader()
   writer.writerows(table)
   return out.getvalue()

@@ -20,7 +20,7 @@ from ml_collections import ConfigDict
 
 from configs import common
 from memobert_jax import init_checkpoint, tokenizer as tokenizer_lib
-from memobert_jax.data import labelled
+from memobert_jax.data import labelled, normalization
 from memobert_jax.training import finetuning, partitioning, step as step_lib, train_state
 
 _MODEL = flags.DEFINE_string('model', None, 'A finetuned model folder (a finetuning run\'s best/).')
@@ -67,6 +67,8 @@ class Predictor:
     config = ConfigDict(dict(model=model_cfg, data=data_cfg, finetune=finetune))
     self.config = config
     self.label_names = list(metadata['label_names'])
+    # The frames are standardised as in finetuning, with its training data's statistics.
+    self.feature_stats = {m: normalization.FeatureStats.from_json(raw) for m, raw in metadata['feature_stats'].items()}
     self.tokenizer = tokenizer_lib.load_tokenizer(data_cfg.tokenizer.kind, data_cfg.tokenizer.path,
                                                   data_cfg.tokenizer.lowercase)
     self.batcher = labelled.FinetuneBatcher(config, self.tokenizer, self.label_names)
@@ -85,8 +87,9 @@ class Predictor:
 
   def utterance(self, example_id: str, text: str, visual: np.ndarray, acoustic: np.ndarray) -> labelled.Utterance:
     words = tuple(tuple(w) for w in self.tokenizer.encode_words(text))
-    return labelled.Utterance(example_id, words, 0, '', '', '', visual[:self.config.data.max_visual_frames],
-                              acoustic[:self.config.data.max_acoustic_frames])
+    utterance = labelled.Utterance(example_id, words, 0, '', '', '', visual[:self.config.data.max_visual_frames],
+                                   acoustic[:self.config.data.max_acoustic_frames])
+    return labelled.standardize(utterance, self.feature_stats)
 
   def __call__(self, utterances: Sequence[labelled.Utterance]) -> list[dict]:
     subset = self.config.finetune.eval_modalities

@@ -363,3 +363,23 @@ def test_iemocap_builder_runs_the_adapter(tmp_path):
   assert examples['Ses01F_impro01_M001']['label'] == LABELS.index('happy')  # exc is merged into happy
   assert examples['Ses01F_impro01_F000']['acoustic'].shape[1] == builder.info.metadata['acoustic_dim'] > 0
   assert examples['Ses01F_impro01_F000']['visual'].shape[0] == 0
+
+
+def test_split_feature_statistics_are_those_of_the_stored_frames(tmp_path):
+  from memobert_jax.data import normalization
+  from tests import corpus_helpers
+  shards = corpus_helpers.write_corpus(str(tmp_path), 60, num_shards=3)
+  metadata = schema.DatasetMetadata.load(shards)
+  frames = {'visual': [], 'acoustic': []}
+  for file in metadata.splits['train'].files:
+    for record in grain.experimental.TFRecordIterDataset(str(Path(shards) / file)):
+      example = schema.decode_example(record, metadata)
+      for name in frames:
+        if len(example[name]):
+          frames[name].append(example[name])
+  for name, arrays in frames.items():
+    stats = normalization.FeatureStats.from_json(metadata.splits['train'].feature_stats[name])
+    stacked = np.concatenate(arrays).astype(np.float64)
+    assert stats.frames == len(stacked)
+    np.testing.assert_allclose(stats.mean, stacked.mean(0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(stats.std, stacked.std(0), rtol=1e-4)

@@ -199,3 +199,20 @@ def test_itm_batches_swap_frames_between_examples_and_say_which(corpus):
     np.testing.assert_array_equal(batch['itm_targets'][0], owners_visual == np.arange(16))
     swapped.extend(owners_visual != np.arange(16))
   assert abs(np.mean(swapped) - config.tasks.itm_negative_rate) < 5 * np.sqrt(0.25 / len(swapped))
+
+
+def test_frames_are_standardised_with_the_train_split_statistics(corpus):
+  shards, tokenizer = corpus
+  config = make_config(shards, tokenizer)
+  source = pipeline.open_source(shards, 1.0, config.model)
+  examples = [e for e in pipeline.example_dataset([source], 'train', config.data, tokenizer, seed=0, shuffle=False,
+                                                  repeat=False, process_index=0, process_count=1) if e is not None]
+  for modality in ('visual', 'acoustic'):
+    frames = np.concatenate([getattr(e, modality) for e in examples])
+    # The loader caps lengths, the statistics cover every stored frame: close to, not exactly, N(0, 1).
+    assert np.abs(frames.mean(0)).max() < 0.2 and np.abs(frames.std(0) - 1).max() < 0.2
+  config.data.normalize_features = False
+  raw = next(e for e in pipeline.example_dataset([source], 'train', config.data, tokenizer, seed=0, shuffle=False,
+                                                 repeat=False, process_index=0, process_count=1) if e is not None)
+  stats = pipeline.feature_stats(source, 'train', make_config(shards, tokenizer).data)['acoustic']
+  np.testing.assert_allclose(stats.apply(raw.acoustic), examples[0].acoustic, rtol=1e-6)

@@ -20,7 +20,7 @@ import numpy as np
 from ml_collections import ConfigDict
 
 from memobert_jax import tokenizer as tokenizer_lib
-from memobert_jax.data import folds as folds_lib, prompt as prompt_lib, schema
+from memobert_jax.data import folds as folds_lib, normalization, prompt as prompt_lib, schema
 from memobert_jax.data.pipeline import Padder, open_source, special_ids
 
 MODES = ('prompt', 'prompt_cm', 'cls')
@@ -77,6 +77,17 @@ def fold_splits(utterances: Sequence[Utterance], protocol: str, fold: int, train
   ids = folds_lib.split_ids(all_folds[fold - 1], records, train_fraction=train_fraction, seed=seed)
   by_id = {u.id: u for u in utterances}
   return {split: [by_id[i] for i in members] for split, members in ids.items()}
+
+
+def fit_feature_stats(train: Sequence[Utterance]) -> dict[str, normalization.FeatureStats]:
+  """Frame statistics of a fold's training utterances (never of its validation or test speaker)."""
+  fitted = {m: normalization.fit([getattr(u, m) for u in train]) for m in ('visual', 'acoustic')}
+  return {m: stats for m, stats in fitted.items() if stats is not None}
+
+
+def standardize(utterance: Utterance, stats: dict[str, normalization.FeatureStats]) -> Utterance:
+  scaled = {m: stats[m].apply(getattr(utterance, m)) for m in stats if len(getattr(utterance, m))}
+  return dataclasses.replace(utterance, **scaled)
 
 
 class FinetuneBatcher:

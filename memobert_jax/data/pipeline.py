@@ -25,7 +25,7 @@ import numpy as np
 from ml_collections import ConfigDict
 
 from memobert_jax import tokenizer as tokenizer_lib
-from memobert_jax.data import masking, schema
+from memobert_jax.data import masking, normalization, schema
 
 FRAME_TASKS = {'visual_regression': 'visual', 'visual_kl': 'visual', 'acoustic_regression': 'acoustic'}
 
@@ -66,6 +66,19 @@ def open_source(path: str, weight: float, model_cfg: ConfigDict) -> Source:
   return Source(path, weight, metadata)
 
 
+def feature_stats(source: Source, split: str, data_cfg: ConfigDict) -> dict[str, normalization.FeatureStats | None]:
+  """The statistics the frames are standardised with: the dataset's train split's, else the split's own."""
+  if not data_cfg.normalize_features:
+    return {}
+  splits = source.metadata.splits
+  recorded = (splits.get('train') or splits[split]).feature_stats
+  missing = [m for m in ('visual', 'acoustic') if getattr(source.metadata, f'{m}_dim') and m not in recorded]
+  if missing:
+    raise ValueError(f'{source.path} records no feature statistics for {missing} (written by an older '
+                     f'data_prep.write_shards?): rewrite it, or set --config.data.normalize_features=False')
+  return {m: normalization.FeatureStats.from_json(raw) for m, raw in recorded.items()}
+
+
 def shard_files(source: Source, split: str, process_index: int, process_count: int) -> list[str]:
   """This process's disjoint share of a split's shard files."""
   if split not in source.metadata.splits:
@@ -96,12 +109,14 @@ class Preparer:
   data.modalities gets zero frames). Text longer than the cap yields None when drop_long_text
   (the paper drops such pretraining utterances), else the words at the end are cut."""
 
-  def __init__(self, data_cfg: ConfigDict, tokenizer: tokenizer_lib.Tokenizer, metadata: schema.DatasetMetadata):
+  def __init__(self, data_cfg: ConfigDict, tokenizer: tokenizer_lib.Tokenizer, metadata: schema.DatasetMetadata,
+               stats: dict[str, normalization.FeatureStats | None]):
     if 'L' not in data_cfg.modalities or set(data_cfg.modalities) - set('LVA'):
       raise ValueError(f'data.modalities {data_cfg.modalities!r} must contain L (the text) and only L, V, A')
     self.data_cfg = data_cfg
     self.tokenizer = tokenizer
     self.metadata = metadata
+    self.stats = stats
     self.visual_frames = data_cfg.max_visual_frames if 'V' in data_cfg.modalities else 0
     self.acoustic_frames = data_cfg.max_acoustic_frames if 'A' in data_cfg.modalities else 0
 
@@ -115,9 +130,14 @@ class Preparer:
         return None
       ids = np.concatenate([ids[:limit - 1], ids[-1:]])
       word_ids = np.concatenate([word_ids[:limit - 1], word_ids[-1:]])
-    visual = example['visual'][:self.visual_frames]
+    visual = self._scaled('visual', example['visual'][:self.visual_frames])
     return Prepared(example['id'], ids, word_ids, example['label'], example['speaker'], example['session'], visual,
-                    example['visual_soft_labels'][:len(visual)], example['acoustic'][:self.acoustic_frames])
+                    example['visual_soft_labels'][:len(visual)],
+                    self._scaled('acoustic', example['acoustic'][:self.acoustic_frames]))
+
+  def _scaled(self, modality: str, frames: np.ndarray) -> np.ndarray:
+    stats = self.stats.get(modality)
+    return stats.apply(frames) if stats is not None and len(frames) else frames
 
 
 def special_ids(tokenizer: tokenizer_lib.Tokenizer) -> masking.SpecialIds:
@@ -330,7 +350,8 @@ def example_dataset(sources: Sequence[Source], split: str, data_cfg: ConfigDict,
     if shuffle:
       records = grain.experimental.WindowShuffleIterDataset(records, window_size=data_cfg.shuffle_window,
                                                             seed=seed + i)
-    streams.append(records.map(Preparer(data_cfg, tokenizer, source.metadata)))
+    stats = feature_stats(source, split, data_cfg)
+    streams.append(records.map(Preparer(data_cfg, tokenizer, source.metadata, stats)))
   if len(streams) == 1:
     return streams[0]
   return grain.IterDataset.mix(streams, [s.weight for s in sources])

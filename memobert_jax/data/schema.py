@@ -107,6 +107,8 @@ class ShardInfo:
 class SplitInfo:
   num_examples: int
   shards: list[ShardInfo]
+  # Per modality, the split's frame statistics: {'mean': [D], 'std': [D], 'frames': n} (normalization.py).
+  feature_stats: dict[str, dict] = dataclasses.field(default_factory=dict)
 
   @property
   def files(self) -> list[str]:
@@ -150,7 +152,8 @@ class DatasetMetadata:
     if raw.get('schema_version') != SCHEMA_VERSION:
       raise ValueError(f'dataset schema version {raw.get("schema_version")} is not {SCHEMA_VERSION} (this code)')
     raw['splits'] = {
-        name: SplitInfo(num_examples=s['num_examples'], shards=[ShardInfo(**shard) for shard in s['shards']])
+        name: SplitInfo(num_examples=s['num_examples'], shards=[ShardInfo(**shard) for shard in s['shards']],
+                        feature_stats=s.get('feature_stats', {}))
         for name, s in raw['splits'].items()
     }
     return cls(**raw)

@@ -68,6 +68,8 @@ def finetune(config: ConfigDict, workdir: str) -> dict:
     if not members:
       raise ValueError(f'fold {settings.fold} of protocol {settings.protocol!r} has no {name} utterances in '
                        f'{config.data.train}')
+  stats = labelled.fit_feature_stats(parts['train']) if config.data.normalize_features else {}
+  parts = {name: [labelled.standardize(u, stats) for u in members] for name, members in parts.items()}
   batcher = labelled.FinetuneBatcher(config, tokenizer, label_names)
 
   mesh = partitioning.make_mesh(config.mesh.shape, config.mesh.axes)
@@ -142,7 +144,8 @@ def finetune(config: ConfigDict, workdir: str) -> dict:
                                label_names=label_names, label_words=list(batcher.verbalizer.words),
                                max_text_tokens=config.data.max_text_tokens,
                                max_visual_frames=config.data.max_visual_frames,
-                               max_acoustic_frames=config.data.max_acoustic_frames)
+                               max_acoustic_frames=config.data.max_acoustic_frames,
+                               feature_stats={m: s.to_json() for m, s in stats.items()})
   if jax.process_index() == 0:
     evaluation.plot_confusion(np.array(test_scores['confusion']), label_names, os.path.join(workdir, 'confusion.png'),
                               f'{settings.mode}, fold {settings.fold}: test UA {100 * test_scores["ua"]:.1f}')
