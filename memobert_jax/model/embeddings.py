@@ -5,7 +5,7 @@ import jax.numpy as jnp
 from flax import nnx
 from ml_collections import ConfigDict
 
-from memobert_jax.model.layers import Dense, Embed, LayerNorm, normal_param
+from memobert_jax.model.layers import Dense, Dropout, Embed, LayerNorm, normal_param
 
 
 def _dtypes(cfg: ConfigDict) -> dict:
@@ -22,7 +22,7 @@ class TextEmbeddings(nnx.Module):
     # BERT's two segment rows: text uses row 0, the visual frames row 1.
     self.token_type = Embed(2, cfg.hidden_size, ('types', 'embed'), **init)
     self.norm = LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps, **_dtypes(cfg))
-    self.dropout = nnx.Dropout(cfg.dropout_rate)
+    self.dropout = Dropout(cfg.dropout_rate)
 
   def __call__(self, ids: jax.Array, *, deterministic: bool, rngs: nnx.Rngs | None) -> jax.Array:
     positions = jnp.arange(ids.shape[1])
@@ -47,7 +47,7 @@ class FrameEmbeddings(nnx.Module):
     self.position = Embed(max_positions, cfg.hidden_size, ('positions', 'embed'), init_std=cfg.init_std,
                           rngs=rngs, **dtypes)
     self.norm = LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps, **dtypes)
-    self.dropout = nnx.Dropout(cfg.dropout_rate)
+    self.dropout = Dropout(cfg.dropout_rate)
 
   def __call__(self, frames: jax.Array, masked: jax.Array, type_embedding: jax.Array, *, deterministic: bool,
                rngs: nnx.Rngs | None) -> jax.Array:

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 from flax import nnx
 from ml_collections import ConfigDict
 
-from memobert_jax.model.layers import Dense, LayerNorm, gelu
+from memobert_jax.model.layers import Dense, Dropout, LayerNorm, gelu
 
 ATTENTION_IMPLEMENTATIONS = ('xla', 'cudnn')
 REMAT_POLICIES = {
@@ -30,7 +30,7 @@ class SelfAttention(nnx.Module):
     self.qkv = Dense(cfg.hidden_size, (3, cfg.num_heads, head_dim), ('embed', 'qkv', 'heads', 'kv'), **dense)
     self.out = Dense((cfg.num_heads, head_dim), cfg.hidden_size, ('heads', 'kv', 'embed'), **dense)
     self.implementation = cfg.attention_impl
-    self.dropout = nnx.Dropout(cfg.attention_dropout_rate)
+    self.dropout = Dropout(cfg.attention_dropout_rate)
 
   def __call__(self, x: jax.Array, valid: jax.Array, *, deterministic: bool, rngs: nnx.Rngs | None) -> jax.Array:
     """x: [B, L, H]; valid: [B, L] bool, False at padding (never attended to)."""
@@ -61,7 +61,7 @@ class TransformerLayer(nnx.Module):
     self.output = Dense(cfg.intermediate_size, cfg.hidden_size, ('mlp', 'embed'), init_std=cfg.init_std,
                         rngs=rngs, **dtypes)
     self.output_norm = LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps, **dtypes)
-    self.dropout = nnx.Dropout(cfg.dropout_rate)
+    self.dropout = Dropout(cfg.dropout_rate)
 
   def __call__(self, x: jax.Array, valid: jax.Array, *, deterministic: bool, rngs: nnx.Rngs | None) -> jax.Array:
     drop = lambda y: self.dropout(y, deterministic=deterministic, rngs=rngs)

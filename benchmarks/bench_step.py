@@ -1,0 +1,318 @@
+"""Train-step throughput of MEmoBERT pretraining, with FLOPs, achieved FLOP/s and the fraction of peak.
+
+  python -m benchmarks.bench_step --model base --batch 16 --task mlm --steps 5 [--torch] [--json out.json]
+
+Each task's step (the project's `make_train_step`: forward, backward, AdamW, one
+micro-batch) is compiled ahead of time on one device with the paper's
+pretraining shapes (text 32 tokens incl. [CLS]/[SEP], visual 36 x 342, acoustic
+64 x 768; the batch comes from the pipeline's own `BatchBuilder`, so masks and
+MLM targets are as in training). Reported per task:
+
+  - compile time (lowering + XLA compile), temporary memory from `memory_analysis()`;
+  - step time over `--steps` timed steps after one warm-up step (median, min, max);
+  - examples/s and tokens/s (valid positions of all three modalities);
+  - FLOPs per step from XLA's `cost_analysis()` of the compiled step, achieved FLOP/s;
+  - the fraction of the device's peak: on CPU the best dense f32 matmul rate measured in the same run
+    (`jnp.dot` of square matrices of several sizes, best of several runs each, at the start and at the end);
+    on GPU/TPU pass --peak_tflops (the datasheet's dense figure for the dtype);
+  - on CPU also per CPU-second of this process (FLOPs / (user + system CPU time) against the matmul's
+    FLOPs per CPU-second): on a machine shared with other jobs the wall-clock fraction mostly measures the
+    load, this one the code; and the system CPU time and page faults per step.
+
+`--torch` also times the PyTorch reference (benchmarks/torch_reference.py) on the same batch, alternating one
+JAX step and one torch step in this process so that both see the same machine load; the per-pair ratios give
+the spread of JAX/torch examples/s.
+"""
+
+import argparse
+import json
+import resource
+import statistics
+import sys
+import time
+import types
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from ml_collections import ConfigDict
+
+from configs import pretrain
+from memobert_jax.data import pipeline, schema
+from memobert_jax.training import optimizer as optimizer_lib, partitioning, step as step_lib, train_state
+
+# The paper's four pretraining tasks (the ITM ablation is left out).
+TASKS = ('mlm', 'visual_regression', 'visual_kl', 'acoustic_regression')
+# bert-base-uncased's special ids; the benchmark needs no vocabulary file.
+BERT_SPECIAL_IDS = dict(pad_id=0, unk_id=100, cls_id=101, sep_id=102, mask_id=103)
+
+
+def make_config(model: str, *, batch: int, dtype: str = 'float32', text_len: int = 32, visual_len: int = 36,
+                acoustic_len: int = 64, **model_overrides) -> ConfigDict:
+  """The pretraining config for one micro-batch of `batch` examples at one fixed shape per modality."""
+  config = pretrain.get_config(f'{model},mesh=cpu')
+  config.batch_size = config.per_device_batch = batch
+  config.model.dtype = dtype
+  config.model.update(model_overrides)
+  config.data.max_text_tokens = text_len - 2
+  config.data.max_visual_frames, config.data.max_acoustic_frames = visual_len, acoustic_len
+  config.data.text_buckets, config.data.visual_buckets = (text_len,), (visual_len,)
+  config.data.acoustic_buckets = (acoustic_len,)
+  return config
+
+
+def synthetic_examples(config: ConfigDict, n: int, rng: np.random.Generator) -> list[pipeline.Prepared]:
+  """Examples filling every modality to its cap; words of one or two word-pieces (whole-word masking sees both)."""
+  data, model = config.data, config.model
+  examples = []
+  for i in range(n):
+    pieces = data.max_text_tokens
+    word_lengths = rng.integers(1, 3, size=pieces)
+    word_ids = np.repeat(np.arange(pieces), word_lengths)[:pieces]
+    ids = rng.integers(1000, model.vocab_size, size=pieces)
+    soft = rng.dirichlet(np.ones(model.num_visual_classes), size=data.max_visual_frames).astype(np.float32)
+    examples.append(pipeline.Prepared(
+        id=f'synthetic{i}',
+        ids=np.concatenate([[BERT_SPECIAL_IDS['cls_id']], ids, [BERT_SPECIAL_IDS['sep_id']]]).astype(np.int32),
+        word_ids=np.concatenate([[-1], word_ids, [-1]]).astype(np.int32), label=-1, speaker='', session='',
+        visual=rng.standard_normal((data.max_visual_frames, model.visual_dim), dtype=np.float32), soft_labels=soft,
+        acoustic=rng.standard_normal((data.max_acoustic_frames, model.acoustic_dim), dtype=np.float32)))
+  return examples
+
+
+def host_batch(config: ConfigDict, task: str, rng: np.random.Generator) -> dict[str, np.ndarray]:
+  """One [1, batch, ...] step batch of `task`, built by the training pipeline's BatchBuilder."""
+  assert len(schema.SOFT_LABEL_CLASSES) == config.model.num_visual_classes
+  tokenizer = types.SimpleNamespace(vocab_size=config.model.vocab_size, **BERT_SPECIAL_IDS)
+  builder = pipeline.BatchBuilder(config, tokenizer)
+  return builder.build(task, synthetic_examples(config, config.batch_size, rng), 1, rng)
+
+
+def cpu_seconds() -> float:
+  usage = resource.getrusage(resource.RUSAGE_SELF)
+  return usage.ru_utime + usage.ru_stime
+
+
+def matmul_peak(sizes: tuple[int, ...] = (1024, 2048, 3072), repeats: int = 5) -> dict[str, float]:
+  """The best dense f32 matmul rate of `jnp.dot` over square sizes, each the best of `repeats` runs.
+
+  Two rates: per wall-clock second (the device's peak when nothing else runs) and per CPU-second of this
+  process (the peak of one busy core; on a shared machine it still holds when other jobs take cores away).
+  """
+  best, best_per_cpu = {}, 0.0
+  for n in sizes:
+    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+    dot = jax.jit(jnp.dot)
+    dot(a, a).block_until_ready()
+    times = []
+    for _ in range(repeats):
+      start, cpu_start = time.perf_counter(), cpu_seconds()
+      dot(a, a).block_until_ready()
+      times.append(time.perf_counter() - start)
+      best_per_cpu = max(best_per_cpu, 2 * n**3 / max(cpu_seconds() - cpu_start, 1e-6))
+    best[n] = 2 * n**3 / min(times)
+  peak = {'peak_flops': max(best.values()), **{f'matmul_{n}_flops': v for n, v in best.items()}}
+  if jax.default_backend() == 'cpu':
+    peak['peak_flops_per_cpu_s'] = best_per_cpu
+  return peak
+
+
+def _flops(compiled) -> float:
+  analysis = compiled.cost_analysis()
+  if isinstance(analysis, (list, tuple)):  # older jax returned one dict per computation
+    analysis = analysis[0]
+  return float(analysis.get('flops', float('nan')))
+
+
+class JaxStep:
+  """The project's jitted train step on one device, compiled ahead of time per task."""
+
+  def __init__(self, config: ConfigDict):
+    self.mesh = partitioning.make_mesh((1, 1, 1), config.mesh.axes, devices=jax.devices()[:1])
+    rules = config.logical_axis_rules
+    optimizer = optimizer_lib.make_optimizer(config.optim)
+    graphdef, self.state, shardings = train_state.create_train_state(config.model, optimizer, self.mesh, rules,
+                                                                     config.seed)
+    self.step_fn = step_lib.make_train_step(graphdef, optimizer, seed=config.seed,
+                                            learning_rate=optimizer_lib.learning_rate_schedule(config.optim),
+                                            state_shardings=shardings, mesh=self.mesh, rules=rules)
+    self.batch_sharding = step_lib.train_batch_sharding(self.mesh, rules)
+    self.compiled = {}
+
+  def compile(self, task: str, batch: dict[str, np.ndarray]) -> dict[str, float]:
+    """Compiles the task's step for this batch's shapes; returns timings, FLOPs and memory."""
+    with jax.set_mesh(self.mesh):
+      device_batch = jax.device_put(batch, self.batch_sharding)
+      start = time.perf_counter()
+      lowered = self.step_fn.lower(self.state, device_batch, task)
+      lowered_at = time.perf_counter()
+      compiled = lowered.compile()
+      compiled_at = time.perf_counter()
+    self.compiled[task] = compiled
+    memory = compiled.memory_analysis()
+    return {'lower_s': lowered_at - start, 'compile_s': compiled_at - lowered_at, 'flops_per_step': _flops(compiled),
+            'temp_bytes': getattr(memory, 'temp_size_in_bytes', float('nan')),
+            'argument_bytes': getattr(memory, 'argument_size_in_bytes', float('nan'))}
+
+  def device_batch(self, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
+    return jax.device_put(batch, self.batch_sharding)
+
+  def run(self, task: str, batch: dict[str, jax.Array]) -> float:
+    """One step on a device-resident batch; returns its wall time (the step is waited for)."""
+    start = time.perf_counter()
+    self.state, metrics = self.compiled[task](self.state, batch)
+    jax.block_until_ready((self.state, metrics))
+    return time.perf_counter() - start
+
+
+class _Usage:
+  """This process's CPU time and page faults, summed over the `with` blocks: a step that spends much system
+  time is faulting in fresh memory (on CPU, XLA allocates the step's temporary buffer anew every step)."""
+
+  def __init__(self):
+    self.user = self.system = self.faults = 0.0
+
+  def __enter__(self):
+    self._start = resource.getrusage(resource.RUSAGE_SELF)
+
+  def __exit__(self, *exc):
+    end = resource.getrusage(resource.RUSAGE_SELF)
+    self.user += end.ru_utime - self._start.ru_utime
+    self.system += end.ru_stime - self._start.ru_stime
+    self.faults += end.ru_minflt - self._start.ru_minflt
+
+  def per_step(self, steps: int) -> dict[str, float]:
+    return {'user_cpu_s': self.user / steps, 'system_cpu_s': self.system / steps, 'page_faults': self.faults / steps}
+
+
+def valid_tokens(batch: dict[str, np.ndarray]) -> int:
+  return int(sum(batch[k].sum() for k in ('text_mask', 'visual_mask', 'acoustic_mask')))
+
+
+def _summary(times: list[float], examples: int, tokens: int) -> dict[str, float]:
+  median = statistics.median(times)
+  return {'step_s_median': median, 'step_s_min': min(times), 'step_s_max': max(times),
+          'examples_per_s': examples / median, 'tokens_per_s': tokens / median}
+
+
+def bench_task(jax_step: JaxStep, config: ConfigDict, task: str, steps: int, torch_trainer=None) -> dict:
+  batch = host_batch(config, task, np.random.default_rng(0))
+  result = {'task': task, **jax_step.compile(task, batch)}
+  device_batch = jax_step.device_batch(batch)
+  examples, tokens = config.batch_size, valid_tokens(batch)
+  torch_batch = None
+  if torch_trainer is not None:
+    from benchmarks import torch_reference  # Deferred: torch is an optional benchmark dependency.
+    torch_batch = torch_reference.to_torch({k: v[0] for k, v in batch.items()})
+    torch_trainer.step(torch_batch, task)  # warm-up (allocator, oneDNN primitive caches)
+  jax_step.run(task, device_batch)  # warm-up
+  jax_times, torch_times = [], []
+  usage = {'jax': _Usage(), 'torch': _Usage()}
+  for _ in range(steps):
+    with usage['jax']:
+      jax_times.append(jax_step.run(task, device_batch))
+    if torch_trainer is not None:
+      with usage['torch']:
+        start = time.perf_counter()
+        torch_trainer.step(torch_batch, task)
+        torch_times.append(time.perf_counter() - start)
+  result.update(_summary(jax_times, examples, tokens))
+  result.update(usage['jax'].per_step(steps))
+  result['tokens_per_step'] = tokens
+  result['achieved_flops'] = result['flops_per_step'] / result['step_s_median']
+  result['flops_per_cpu_s'] = result['flops_per_step'] / (result['user_cpu_s'] + result['system_cpu_s'])
+  if torch_times:
+    result['torch'] = {**_summary(torch_times, examples, tokens), **usage['torch'].per_step(steps)}
+    ratios = [t / j for j, t in zip(jax_times, torch_times)]
+    result['jax_over_torch'] = {'median': statistics.median(ratios), 'min': min(ratios), 'max': max(ratios)}
+  return result
+
+
+def _line(result: dict) -> str:
+  line = (f'{result["task"]:20s} {result["examples_per_s"]:8.2f} ex/s {result["tokens_per_s"]:9.0f} tok/s  step '
+          f'{result["step_s_median"]:.3f}s [{result["step_s_min"]:.3f}-{result["step_s_max"]:.3f}]  '
+          f'{result["flops_per_step"] / 1e9:8.1f} GFLOP  {result["achieved_flops"] / 1e9:6.1f} GFLOP/s '
+          f'({100 * result["fraction_of_peak"]:.0f}% of peak, '
+          f'{100 * result.get("fraction_of_peak_cpu_time", float("nan")):.0f}% per CPU-second)  '
+          f'compile {result["compile_s"]:.1f}s  sys {result["system_cpu_s"]:.1f}s/step')
+  if 'torch' in result:
+    ratio = result['jax_over_torch']
+    line += (f'  | torch {result["torch"]["examples_per_s"]:.2f} ex/s sys {result["torch"]["system_cpu_s"]:.1f}s/step  '
+             f'JAX/torch {ratio["median"]:.2f}x [{ratio["min"]:.2f}-{ratio["max"]:.2f}]')
+  return line
+
+
+def _load() -> str:
+  with open('/proc/loadavg') as f:
+    return ' '.join(f.read().split()[:3])
+
+
+def main(argv: list[str]) -> None:
+  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument('--model', default='base', choices=('tiny', 'mini', 'base'))
+  parser.add_argument('--batch', type=int, default=16)
+  parser.add_argument('--dtype', default='float32', choices=('float32', 'bfloat16'))
+  parser.add_argument('--task', default='all', choices=('all',) + TASKS)
+  parser.add_argument('--steps', type=int, default=5, help='timed steps per task, after one warm-up step')
+  parser.add_argument('--text_len', type=int, default=32)
+  parser.add_argument('--visual_len', type=int, default=36)
+  parser.add_argument('--acoustic_len', type=int, default=64)
+  parser.add_argument('--attention_impl', default='xla', choices=('xla', 'cudnn'))
+  parser.add_argument('--remat', default='none', choices=('none', 'dots', 'full'))
+  parser.add_argument('--dropout', type=float, default=None, help='hidden and attention dropout (default: config)')
+  parser.add_argument('--attention_dropout', type=float, default=None,
+                      help='attention dropout, after --dropout (cudnn attention needs 0)')
+  parser.add_argument('--prng_impl', default=None, help='jax_default_prng_impl for the dropout keys (threefry2x32, '
+                      'rbg, unsafe_rbg); default: jax\'s')
+  parser.add_argument('--peak_tflops', type=float, default=None,
+                      help='the device\'s peak in TFLOP/s (GPU/TPU datasheet, for the dtype); default: measured matmul')
+  parser.add_argument('--torch', action='store_true', help='time the PyTorch reference alternately with JAX')
+  parser.add_argument('--json', default=None, help='also write the results to this file')
+  args = parser.parse_args(argv)
+
+  if args.prng_impl:
+    jax.config.update('jax_default_prng_impl', args.prng_impl)
+  overrides = {'attention_impl': args.attention_impl, 'remat': args.remat}
+  if args.dropout is not None:
+    overrides.update(dropout_rate=args.dropout, attention_dropout_rate=args.dropout)
+  if args.attention_dropout is not None:
+    overrides['attention_dropout_rate'] = args.attention_dropout
+  config = make_config(args.model, batch=args.batch, dtype=args.dtype, text_len=args.text_len,
+                       visual_len=args.visual_len, acoustic_len=args.acoustic_len, **overrides)
+  report = {'device': str(jax.devices()[0].device_kind), 'platform': jax.default_backend(), 'model': args.model,
+            'batch': args.batch, 'dtype': args.dtype, 'shapes': [args.text_len, args.visual_len, args.acoustic_len],
+            'overrides': overrides, 'prng_impl': jax.config.jax_default_prng_impl, 'load_before': _load()}
+  if args.peak_tflops:
+    report['peak_flops'] = args.peak_tflops * 1e12
+  else:
+    report.update(matmul_peak())
+  torch_trainer = None
+  if args.torch:
+    import torch  # Deferred: torch is an optional benchmark dependency.
+
+    from benchmarks import torch_reference
+    torch_trainer = torch_reference.TorchTrainer(config.model, config.optim, seed=config.seed)
+    report['torch_version'], report['torch_threads'] = torch.__version__, torch.get_num_threads()
+  jax_step = JaxStep(config)
+  tasks = TASKS if args.task == 'all' else (args.task,)
+  report['results'] = [bench_task(jax_step, config, task, args.steps, torch_trainer) for task in tasks]
+  if not args.peak_tflops:
+    # Measured again at the end, the best of both: a peak measured while other jobs ran would flatter the step.
+    again = matmul_peak()
+    report.update({k: max(v, again[k]) for k, v in report.items() if k in again})
+  report['load_after'] = _load()
+  for result in report['results']:
+    result['fraction_of_peak'] = result['achieved_flops'] / report['peak_flops']
+    if 'peak_flops_per_cpu_s' in report:
+      result['fraction_of_peak_cpu_time'] = result['flops_per_cpu_s'] / report['peak_flops_per_cpu_s']
+    print(_line(result), flush=True)
+  per_cpu = report.get('peak_flops_per_cpu_s', float('nan')) / 1e9
+  print(f'peak {report["peak_flops"] / 1e9:.1f} GFLOP/s ({per_cpu:.1f} per CPU-second) on {report["device"]}; '
+        f'load {report["load_before"]} -> {report["load_after"]}')
+  if args.json:
+    with open(args.json, 'w') as f:
+      json.dump(report, f, indent=2)
+
+
+if __name__ == '__main__':
+  main(sys.argv[1:])
