@@ -4,6 +4,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -191,3 +192,31 @@ def test_sigkill_and_restart_reproduce_the_uninterrupted_run_exactly(corpus, tmp
   # Same examples in the same order: none skipped, none seen twice.
   assert resumed_data['ids_digest'] == straight_data['ids_digest']
   assert resumed_data['examples_seen'] == straight_data['examples_seen'] == steps * 16
+
+
+def test_two_processes_train_together_like_two_hosts(corpus, tmp_path):
+  """Multi-host as on a pod: jax.distributed joins two processes of one CPU device each; every process
+  reads its own shards and contributes its share of each global batch."""
+  shards, vocab = corpus
+  steps = 4
+  values = overrides(shards, vocab, (-1, 1, 1), 8)
+  workdir = str(tmp_path / 'two_hosts')
+  with socket.socket() as probe:
+    probe.bind(('localhost', 0))
+    port = probe.getsockname()[1]
+  processes = []
+  for index in range(2):
+    env = dict(subprocess_env(), JAX_COORDINATOR_ADDRESS=f'localhost:{port}', JAX_NUM_PROCESSES='2',
+               JAX_PROCESS_ID=str(index))
+    processes.append(subprocess.Popen(run_command(values, workdir, steps), env=env, cwd=ROOT,
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))
+  for process in processes:
+    _, errors = process.communicate(timeout=600)
+    assert process.returncode == 0, errors[-3000:]
+  assert sorted(losses(workdir)) == list(range(1, steps + 1))
+  assert np.isfinite(list(losses(workdir).values())).all()
+  data = os.path.join(workdir, 'checkpoints', str(steps), 'data')
+  states = [json.load(open(os.path.join(data, f'process_{i}-of-2.json'))) for i in range(2)]
+  # Each process consumed its half of every global batch of 16, from its own shards.
+  assert [s['examples_seen'] for s in states] == [steps * 8, steps * 8]
+  assert states[0]['ids_digest'] != states[1]['ids_digest']

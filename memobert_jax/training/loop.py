@@ -20,10 +20,21 @@ from memobert_jax.training import partitioning, step as step_lib, train_state
 
 
 def maybe_initialize_distributed() -> None:
-  """Joins the other processes of a multi-host job (TPU pod slice, multi-node GPU); no-op on one host."""
-  multi_host = (os.environ.get('JAX_COORDINATOR_ADDRESS') or os.environ.get('MEMOBERT_DISTRIBUTED') == '1'
-                or len(os.environ.get('TPU_WORKER_HOSTNAMES', '').split(',')) > 1)
-  if multi_host and not jax.distributed.is_initialized():
+  """Joins the other processes of a multi-host job; a no-op on one host.
+
+  With MEMOBERT_DISTRIBUTED=1 (what scripts/launch_tpu_pod.sh sets), jax finds the other processes
+  of a TPU pod slice, SLURM or Open MPI job itself. Anywhere else (several
+  GPU hosts, or processes on one machine) set on every process JAX_COORDINATOR_ADDRESS (host:port
+  of process 0), JAX_NUM_PROCESSES and JAX_PROCESS_ID.
+  """
+  if jax.distributed.is_initialized():
+    return
+  if 'JAX_NUM_PROCESSES' in os.environ:
+    # Cross-process collectives of CPU devices (debugging a multi-host setup without accelerators).
+    jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+    jax.distributed.initialize(num_processes=int(os.environ['JAX_NUM_PROCESSES']),
+                               process_id=int(os.environ['JAX_PROCESS_ID']))
+  elif os.environ.get('MEMOBERT_DISTRIBUTED') == '1':
     jax.distributed.initialize()
 
 
