@@ -64,7 +64,7 @@ def pretrain(config: ConfigDict, workdir: str) -> dict:
                                            config.data.tokenizer.lowercase)
   config = pipeline.with_vocabulary(config, tokenizer)
   optimizer = optimizer_lib.make_optimizer(config.optim)
-  graphdef, abstract_params = train_state.abstract_model(config.model, config.seed)
+  graphdef, _ = train_state.abstract_model(config.model, config.seed)
   abstract_state = train_state.abstract_train_state(config.model, optimizer, mesh, rules)
   state_shardings = jax.tree.map(lambda a: a.sharding, abstract_state)
 
