@@ -3,7 +3,7 @@
 Variants: `--config configs/finetune.py:<mode>[,key=value...]`
   mode       prompt | prompt_cm (cross-modal 7-case mixture) | cls (the [CLS] head baseline)
   model      tiny | mini | base (default base)
-  mesh       cpu | gpu | gpu8 | v4-32 | v5e-16 | v5e-256
+  mesh       cpu | gpu | gpu8 | v4-8 | v5p-8 | v5e-8 | v6e-8 | v4-32 | v5e-16 | v5e-256 (configs/common.py MESHES)
   protocol   iemocap (10 folds) | msp_improv (12 folds) | sessions | given (the dataset's train/valid/test)
   fold       1-based fold of the protocol
   fraction   share of the training utterances kept (low-resource runs: 0.1, 0.2, 0.4, 0.6)
@@ -55,9 +55,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       train_modalities=arg.train,
       eval_modalities=arg.eval,
       select_metric='ua',  # the checkpoint kept is the one with the best validation value of this metric
-      eval_batch_size=64,
+      eval_batch_size=max(64, mesh.finetune_batch_size),  # a multiple of the data-parallel size
   ))
-  config.batch_size = 32
+  config.batch_size = mesh.finetune_batch_size  # the paper's 32 unless the mesh preset needs more
   config.per_device_batch = mesh.per_device_batch
   config.optim = ml_collections.ConfigDict(dict(
       learning_rate=arg.lr, warmup_steps=min(100, arg.steps // 10), total_steps=arg.steps,
