@@ -4,7 +4,8 @@
 
 A sweep file's get_config(arg) returns:
   pretrain   (optional) config: 'configs/pretrain.py:...', overrides: {key: value},
-             variants: {name: {key: value}}  one pretraining run per variant
+             variants: {name: {key: value}}  one pretraining run per variant; the key
+             'init_from': another (earlier) variant starts this one from that one's export
   finetune   config: 'configs/finetune.py:...', overrides: {key: value},
              axes: {key: [values]}  every combination is a run; a key of the config file's
              argument (mode, fold, seed, fraction, template, train, eval...) or a dotted
@@ -66,9 +67,13 @@ def plan(sweep: ConfigDict) -> list[Run]:
   runs: list[Run] = []
   pretraining = {}
   if 'pretrain' in sweep:
-    for variant, overrides in sweep.pretrain.variants.items():
-      run = Run('pretrain', f'pretrain/{variant}', sweep.pretrain.config,
-                {**sweep.pretrain.get('overrides', {}), **overrides}, {'pretrain': variant})
+    for variant, settings in sweep.pretrain.variants.items():
+      overrides = {**sweep.pretrain.get('overrides', {}), **settings}
+      needs = None
+      if 'init_from' in overrides:
+        needs = pretraining[overrides.pop('init_from')].name
+        overrides['init.checkpoint'] = os.path.join('{root}', needs, 'export')
+      run = Run('pretrain', f'pretrain/{variant}', sweep.pretrain.config, overrides, {'pretrain': variant}, needs)
       pretraining[variant] = run
       runs.append(run)
   finetune = sweep.finetune

@@ -4,7 +4,7 @@
 #   export TPU_NAME=my-v5e-16 ZONE=us-west4-a [PROJECT=my-project]
 #   scripts/launch_tpu_pod.sh setup                 # copy this checkout (git HEAD) to every worker, install
 #   scripts/launch_tpu_pod.sh train CONFIG WORKDIR [--config.key=value ...]
-#   scripts/launch_tpu_pod.sh finetune CONFIG WORKDIR [--config.key=value ...]   # single-host slices only
+#   scripts/launch_tpu_pod.sh finetune CONFIG WORKDIR [--config.key=value ...]
 #   scripts/launch_tpu_pod.sh logs | stop
 #
 # CONFIG is e.g. configs/pretrain.py:base,mesh=v5e-16 (the preset must match the slice: docs/SCALING.md).

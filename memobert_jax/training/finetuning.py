@@ -1,5 +1,8 @@
 """The finetuning loop: train on one fold, select on its validation speaker, test once at the end.
 
+Every host holds the whole (small) labelled corpus and builds the same batches; each places
+only its own shards of them on the devices.
+
 Writes into the workdir: results.json (validation and test metrics of the selected
 step, the confusion matrix), confusion.png, TensorBoard logs, and best/ (the selected
 model as an init checkpoint, which `memobert_jax.predict` loads).
@@ -44,7 +47,7 @@ def make_scorer(graphdef: nnx.GraphDef, label_word_ids: np.ndarray | None, param
 
 def predict_classes(scorer, params, batches: list[dict], count: int, sharding) -> tuple[np.ndarray, np.ndarray]:
   """(predicted class, class probabilities) of the first `count` rows of the batches."""
-  scores = np.concatenate([np.asarray(jax.device_get(scorer(params, loop.to_global(b, sharding))))
+  scores = np.concatenate([np.asarray(jax.device_get(scorer(params, loop.replicated_to_global(b, sharding))))
                            for b in batches])[:count]
   probabilities = np.asarray(jax.nn.softmax(scores, axis=-1))
   return scores.argmax(-1), probabilities
@@ -108,7 +111,7 @@ def finetune(config: ConfigDict, workdir: str) -> dict:
   with jax.set_mesh(mesh):
     for step in range(config.optim.total_steps):
       batch = next(training)
-      state, step_metrics = train_step(state, loop.to_global(batch, sharding), task)
+      state, step_metrics = train_step(state, loop.replicated_to_global(batch, sharding), task)
       log(late.push(step + 1, step_metrics))
       bar.update(1)
       if (step + 1) % config.eval_every_steps == 0 or step + 1 == config.optim.total_steps:

@@ -53,6 +53,11 @@ def to_global(batch: dict, sharding) -> dict:
   return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}
 
 
+def replicated_to_global(batch: dict, sharding) -> dict:
+  """The same whole [A, b, ...] batch on every host -> global arrays; each host places only its own shards."""
+  return {k: jax.make_array_from_callback(v.shape, sharding, lambda index, v=v: v[index]) for k, v in batch.items()}
+
+
 def pretrain(config: ConfigDict, workdir: str) -> dict:
   """Runs (or resumes) pretraining; returns the last logged metrics."""
   maybe_initialize_distributed()
