@@ -38,7 +38,7 @@ import numpy as np
 from ml_collections import ConfigDict
 
 from configs import pretrain
-from memobert_jax.data import pipeline, schema
+from memobert_jax.data import pipeline
 from memobert_jax.training import optimizer as optimizer_lib, partitioning, step as step_lib, train_state
 
 # The paper's four pretraining tasks (the ITM ablation is left out).
@@ -82,7 +82,6 @@ def synthetic_examples(config: ConfigDict, n: int, rng: np.random.Generator) -> 
 
 def host_batch(config: ConfigDict, task: str, rng: np.random.Generator) -> dict[str, np.ndarray]:
   """One [1, batch, ...] step batch of `task`, built by the training pipeline's BatchBuilder."""
-  assert len(schema.SOFT_LABEL_CLASSES) == config.model.num_visual_classes
   tokenizer = types.SimpleNamespace(vocab_size=config.model.vocab_size, **BERT_SPECIAL_IDS)
   builder = pipeline.BatchBuilder(config, tokenizer)
   return builder.build(task, synthetic_examples(config, config.batch_size, rng), 1, rng)

@@ -11,7 +11,8 @@ Changes that are not in the project (rejected ones, or the code a kept change
 replaced) are recreated here for the B side only, by a config override, a batch
 transform, or a patch applied while B is traced.
 
-  python -m benchmarks.experiments qkv_microbench    # fused vs separate QKV projection, fwd+bwd, no train step
+  python -m benchmarks.experiments qkv_microbench    # fused (4-D, 2-D) vs separate QKV projection, fwd+bwd
+  python -m benchmarks.experiments dropout_microbench  # dropout fwd+bwd with 32, 16 and 8 random bits per element
   python -m benchmarks.experiments transfer_guard    # the pretraining loop under jax.transfer_guard('disallow')
 """
 
@@ -92,6 +93,29 @@ def _bernoulli_dropout():
 
 
 @contextlib.contextmanager
+def _separate_qkv():
+  """Query, key and value as three matmuls with the slices of the same fused [H, 3, heads, d] kernel
+  (the XLA attention path of memobert_jax/model/encoder.py otherwise unchanged)."""
+  from memobert_jax.model import encoder
+  saved = encoder.SelfAttention.__call__
+
+  def call(self, x, valid, *, deterministic, rngs):
+    dtype = self.qkv.dtype
+    kernel, bias = self.qkv.kernel[...].astype(dtype), self.qkv.bias[...].astype(dtype)
+    q, k, v = (jnp.einsum('blh,hnd->blnd', x.astype(dtype), kernel[:, i]) + bias[i] for i in range(3))
+    logits = jnp.einsum('bqnd,bknd->bnqk', q, k, preferred_element_type=jnp.float32) * q.shape[-1] ** -0.5
+    logits = jnp.where(valid[:, None, None, :], logits, jnp.finfo(jnp.float32).min)
+    probs = self.dropout(jax.nn.softmax(logits, axis=-1), deterministic=deterministic, rngs=rngs).astype(v.dtype)
+    return self.out(jnp.einsum('bnqk,bknd->bqnd', probs, v))
+
+  encoder.SelfAttention.__call__ = call
+  try:
+    yield
+  finally:
+    encoder.SelfAttention.__call__ = saved
+
+
+@contextlib.contextmanager
 def _prng(impl: str):
   saved = jax.config.jax_default_prng_impl
   jax.config.update('jax_default_prng_impl', impl)
@@ -125,6 +149,8 @@ VARIANTS = {
                                  patch=lambda batch: _bernoulli_dropout()),
     'rbg_dropout_keys': Variant('dropout keys from the rbg PRNG (B) vs threefry (A)',
                                 patch=lambda batch: _prng('rbg')),
+    'separate_qkv': Variant('three Q/K/V matmuls on slices of the fused kernel (B) vs one fused matmul (A)',
+                            patch=lambda batch: _separate_qkv()),
     'no_dropout': Variant('no dropout at all (B) vs dropout 0.1 (A): what dropout costs',
                           config=dict(dropout_rate=0.0, attention_dropout_rate=0.0)),
     'bf16': Variant('bfloat16 compute (B) vs float32 (A)', config=dict(dtype='bfloat16')),
@@ -174,7 +200,8 @@ def run_variant(name: str, model: str, batch_size: int, pairs: int) -> dict:
 
 def qkv_microbench(batch: int = 16, length: int = 132, hidden: int = 768, heads: int = 12,
                    repeats: int = 10) -> dict:
-  """Forward + backward of the attention input projection: one fused [H, 3, heads, d] kernel vs three [H, H]."""
+  """Forward + backward of the attention input projection, three ways: the model's fused 4-D kernel
+  [H, 3, heads, d], the same flattened to one [H, 3H] matmul, and three separate [H, H] matmuls."""
   x = jax.random.normal(jax.random.key(0), (batch, length, hidden))
   fused = jax.random.normal(jax.random.key(1), (hidden, 3, heads, hidden // heads)) * 0.02
   separate = [fused[:, i].reshape(hidden, hidden) for i in range(3)]
@@ -182,11 +209,15 @@ def qkv_microbench(batch: int = 16, length: int = 132, hidden: int = 768, heads:
   def fused_loss(kernel, x):
     return jnp.sum(jnp.einsum('blh,hcnd->blcnd', x, kernel) ** 2)
 
+  def flat_loss(kernel, x):
+    return jnp.sum((x @ kernel.reshape(hidden, -1)) ** 2)
+
   def separate_loss(kernels, x):
     return sum(jnp.sum((x @ k) ** 2) for k in kernels)
 
   timings = {}
-  for name, fn, params in (('fused', fused_loss, fused), ('separate', separate_loss, separate)):
+  for name, fn, params in (('fused_4d', fused_loss, fused), ('fused_2d', flat_loss, fused),
+                           ('separate', separate_loss, separate)):
     grad = jax.jit(jax.grad(fn, argnums=(0, 1)))
     jax.block_until_ready(grad(params, x))
     times = []
@@ -195,8 +226,40 @@ def qkv_microbench(batch: int = 16, length: int = 132, hidden: int = 768, heads:
       jax.block_until_ready(grad(params, x))
       times.append(time.perf_counter() - start)
     timings[name] = {'median_s': statistics.median(times), 'min_s': min(times)}
-  return {'variant': 'qkv_microbench', 'timings': timings,
-          'fused_speedup': timings['separate']['median_s'] / timings['fused']['median_s']}
+  return {'variant': 'qkv_microbench', 'timings': timings}
+
+
+def dropout_microbench(shape: tuple[int, ...] = (16, 12, 132, 132), rate: float = 0.1, repeats: int = 5) -> dict:
+  """Dropout forward + backward on base attention probabilities: random bits per element 32 (bernoulli), 16, 8."""
+
+  def bernoulli(key, x):
+    return jnp.where(jax.random.bernoulli(key, 1 - rate, x.shape), x / (1 - rate), 0)
+
+  def narrow(bits_per_element: int):
+    per_word = 32 // bits_per_element
+
+    def dropout(key, x):
+      words = jax.random.bits(key, x.shape[:-1] + (x.shape[-1] // per_word,), jnp.uint32)
+      mask = (1 << bits_per_element) - 1
+      parts = jnp.concatenate([(words >> (i * bits_per_element)) & mask for i in range(per_word)], axis=-1)
+      return jnp.where(parts >= round(rate * (1 << bits_per_element)), x / (1 - rate), 0)
+
+    return dropout
+
+  x = jax.random.normal(jax.random.key(0), shape)
+  timings = {}
+  for impl in ('threefry2x32', 'rbg'):
+    key = jax.random.key(1, impl=impl)
+    for name, fn in (('32_bit_bernoulli', bernoulli), ('16_bit', narrow(16)), ('8_bit', narrow(8))):
+      grad = jax.jit(jax.value_and_grad(lambda x, k, fn=fn: (fn(k, x) * x).sum()))
+      jax.block_until_ready(grad(x, key))
+      times = []
+      for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(grad(x, key))
+        times.append(time.perf_counter() - start)
+      timings[f'{impl}/{name}'] = min(times)
+  return {'variant': 'dropout_microbench', 'shape': shape, 'fwd_bwd_best_s': timings}
 
 
 def transfer_guard_check(steps: int = 4) -> dict:
@@ -231,7 +294,7 @@ def transfer_guard_check(steps: int = 4) -> dict:
 
 def main(argv: list[str]) -> None:
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument('variant', choices=sorted(VARIANTS) + ['qkv_microbench', 'transfer_guard'])
+  parser.add_argument('variant', choices=sorted(VARIANTS) + ['qkv_microbench', 'dropout_microbench', 'transfer_guard'])
   parser.add_argument('--model', default='base', choices=('tiny', 'mini', 'base'))
   parser.add_argument('--batch', type=int, default=16)
   parser.add_argument('--pairs', type=int, default=4,
@@ -242,6 +305,8 @@ def main(argv: list[str]) -> None:
     load_before = ' '.join(f.read().split()[:3])
   if args.variant == 'qkv_microbench':
     result = qkv_microbench()
+  elif args.variant == 'dropout_microbench':
+    result = dropout_microbench()
   elif args.variant == 'transfer_guard':
     result = transfer_guard_check()
   else:
