@@ -157,6 +157,5 @@ def data_config() -> ml_collections.ConfigDict:
       mlm_max_predictions=12,  # MLM logits are computed at this many positions per example
       shuffle_window=10000,  # examples; the shards are also read in a shuffled, interleaved order
       interleave_shards=8,  # shards read at once
-      workers=0,  # grain worker processes for decoding and masking (0: in the main process)
       prefetch_batches=2,
   ))

@@ -67,15 +67,23 @@ def plan(sweep: ConfigDict) -> list[Run]:
   runs: list[Run] = []
   pretraining = {}
   if 'pretrain' in sweep:
-    for variant, settings in sweep.pretrain.variants.items():
-      overrides = {**sweep.pretrain.get('overrides', {}), **settings}
-      needs = None
-      if 'init_from' in overrides:
-        needs = pretraining[overrides.pop('init_from')].name
-        overrides['init.checkpoint'] = os.path.join('{root}', needs, 'export')
-      run = Run('pretrain', f'pretrain/{variant}', sweep.pretrain.config, overrides, {'pretrain': variant}, needs)
-      pretraining[variant] = run
-      runs.append(run)
+    pending = dict(sweep.pretrain.variants.items())
+    while pending:
+      # A variant that starts from another comes after it (config dicts keep no order of their own).
+      ready = [v for v, settings in pending.items() if settings.get('init_from', v) in pretraining or
+               'init_from' not in settings]
+      if not ready:
+        raise ValueError(f'pretraining variants {sorted(pending)} start from variants that do not exist or from '
+                         f'each other (init_from)')
+      for variant in ready:
+        overrides = {**sweep.pretrain.get('overrides', {}), **pending.pop(variant)}
+        needs = None
+        if 'init_from' in overrides:
+          needs = pretraining[overrides.pop('init_from')].name
+          overrides['init.checkpoint'] = os.path.join('{root}', needs, 'export')
+        pretraining[variant] = Run('pretrain', f'pretrain/{variant}', sweep.pretrain.config, overrides,
+                                   {'pretrain': variant}, needs)
+        runs.append(pretraining[variant])
   finetune = sweep.finetune
   arguments = config_utils.load_module(finetune.config.partition(':')[0]).ARGUMENTS
   given = finetune.config.partition(':')[2].split(',')

@@ -156,3 +156,18 @@ def test_finetune_run_writes_results_and_predict_reproduces_its_test_predictions
     confusion = evaluation.classification_metrics([u.label for u in test], predicted, 4)['confusion']
     assert confusion == results['test']['confusion']
     assert all(abs(sum(o['probabilities'].values()) - 1) < 1e-4 for o in outputs)
+
+
+def test_training_batches_cover_every_item_each_epoch_even_when_fewer_than_a_batch(corpus):
+  config, tokenizer, utterances, label_names = loaded(corpus)
+  batcher = labelled.FinetuneBatcher(config, tokenizer, label_names)
+  items = [(u, 'L') for u in utterances[:5]]
+  batches = labelled.training_batches(batcher, items, 8, seed=3)
+  first, second = next(batches), next(batches)
+  rows = np.concatenate([first['text_ids'][0], second['text_ids'][0]])
+  # 16 rows = 3 whole epochs of the 5 items and one more: each item 3 or 4 times.
+  counts = [sum(np.array_equal(r, batcher.batch([item], 1)['text_ids'][0, 0, :rows.shape[1]]) for r in rows)
+            for item in items]
+  assert sorted(counts) == [3, 3, 3, 3, 4]
+  again = next(labelled.training_batches(batcher, items, 8, seed=3))
+  np.testing.assert_array_equal(again['text_ids'], first['text_ids'])

@@ -69,22 +69,29 @@ def final_params(workdir: str) -> tuple[dict, dict]:
     return restored.state['params'], json.loads(f.read())
 
 
-def test_one_device_and_eight_devices_give_the_same_losses(corpus, tmp_path):
+@pytest.fixture(scope='module')
+def reference(corpus, tmp_path_factory):
+  """One run on the (data=4, fsdp=2) mesh, with validation, that several tests compare against."""
   shards, vocab = corpus
+  workdir = str(tmp_path_factory.mktemp('reference'))
+  values = overrides(shards, vocab, (4, 2, 1), 2)
+  values.update({'data.valid': shards, 'eval_every_steps': 4, 'eval_batches': 1})
+  final = loop.pretrain(make_config(values), workdir)
+  return workdir, final
+
+
+def test_one_device_and_eight_devices_give_the_same_losses(corpus, reference, tmp_path):
+  shards, vocab = corpus
+  eight_dir, eight = reference
   one = loop.pretrain(make_config(overrides(shards, vocab, (1, 1, 1), 16)), str(tmp_path / 'one'))
-  eight = loop.pretrain(make_config(overrides(shards, vocab, (4, 2, 1), 2)), str(tmp_path / 'eight'))
-  one_losses, eight_losses = losses(str(tmp_path / 'one')), losses(str(tmp_path / 'eight'))
+  one_losses, eight_losses = losses(str(tmp_path / 'one')), losses(eight_dir)
   assert sorted(one_losses) == list(range(1, STEPS + 1))
   np.testing.assert_allclose([eight_losses[s] for s in one_losses], list(one_losses.values()), atol=1e-5, rtol=0)
   assert one['data/examples_seen'] == eight['data/examples_seen'] == STEPS * 16
 
 
-def test_event_files_hold_the_training_metrics(corpus, tmp_path):
-  shards, vocab = corpus
-  values = overrides(shards, vocab, (1, 1, 1), 16)
-  values.update({'data.valid': shards, 'eval_every_steps': 4, 'eval_batches': 1})
-  loop.pretrain(make_config(values), str(tmp_path))
-  scalars = metrics.read_scalars(os.path.join(tmp_path, 'tensorboard'))
+def test_event_files_hold_the_training_metrics(reference):
+  scalars = metrics.read_scalars(os.path.join(reference[0], 'tensorboard'))
   for tag in ('loss', 'learning_rate', 'grad_norm', 'examples_per_second', 'tokens_per_second', 'valid_loss',
               'valid/mlm', 'valid/visual_regression', 'valid/visual_kl', 'valid/acoustic_regression'):
     assert tag in scalars, tag
@@ -96,16 +103,20 @@ def test_event_files_hold_the_training_metrics(corpus, tmp_path):
   assert learning_rate[1] == 0.0 and max(learning_rate.values()) > learning_rate[STEPS] > 0
 
 
-def test_checkpoint_from_one_mesh_restores_onto_others_and_training_continues_identically(corpus, tmp_path):
+def resume_copy(reference_dir: str, workdir: str, keep_up_to: int) -> None:
+  """A copy of the reference workdir as it was after `keep_up_to` steps (later checkpoints and logs removed)."""
+  shutil.copytree(reference_dir, workdir, ignore=shutil.ignore_patterns('events.out.*', 'export'))
+  for step in range(keep_up_to + 1, STEPS + 1):
+    shutil.rmtree(os.path.join(workdir, 'checkpoints', str(step)), ignore_errors=True)
+
+
+def test_checkpoint_from_one_mesh_restores_onto_others_and_training_continues_identically(corpus, reference,
+                                                                                         tmp_path):
   shards, vocab = corpus
-  reference = str(tmp_path / 'reference')
-  loop.pretrain(make_config(overrides(shards, vocab, (4, 2, 1), 2)), reference)
-  expected = losses(reference)
+  expected = losses(reference[0])
   for name, mesh, per_device in (('data8', (8, 1, 1), 2), ('single', (1, 1, 1), 16)):
     workdir = str(tmp_path / name)
-    shutil.copytree(reference, workdir, ignore=shutil.ignore_patterns('events.out.*'))
-    for step in range(5, STEPS + 1):
-      shutil.rmtree(os.path.join(workdir, 'checkpoints', str(step)), ignore_errors=True)
+    resume_copy(reference[0], workdir, 4)
     loop.pretrain(make_config(overrides(shards, vocab, mesh, per_device)), workdir)
     resumed = losses(workdir)
     assert sorted(resumed) == list(range(5, STEPS + 1)), name
@@ -113,22 +124,18 @@ def test_checkpoint_from_one_mesh_restores_onto_others_and_training_continues_id
                                err_msg=name)
 
 
-def test_an_interrupted_checkpoint_write_is_never_taken_as_the_latest(corpus, tmp_path):
+def test_an_interrupted_checkpoint_write_is_never_taken_as_the_latest(corpus, reference, tmp_path):
   shards, vocab = corpus
-  reference = str(tmp_path / 'reference')
-  loop.pretrain(make_config(overrides(shards, vocab, (1, 1, 1), 16)), reference)
   workdir = str(tmp_path / 'crashed')
-  shutil.copytree(reference, workdir, ignore=shutil.ignore_patterns('events.out.*'))
+  resume_copy(reference[0], workdir, 5)
   directory = os.path.join(workdir, 'checkpoints')
-  for step in (6, 8):
-    shutil.rmtree(os.path.join(directory, str(step)))
   # What a crash during the write of step 6 leaves: its temporary folder, partly written.
   partial = os.path.join(directory, f'6{ocp.path.atomicity.TMP_DIR_SUFFIX}-1700000000')
-  shutil.copytree(os.path.join(reference, 'checkpoints', '6'), partial)
+  shutil.copytree(os.path.join(reference[0], 'checkpoints', '6'), partial)
   shutil.rmtree(os.path.join(partial, 'state'))
   assert checkpointing.Checkpointer(directory, every_steps=2, keep=10).latest_step() == 4
-  loop.pretrain(make_config(overrides(shards, vocab, (1, 1, 1), 16)), workdir)
-  resumed, expected = losses(workdir), losses(reference)
+  loop.pretrain(make_config(overrides(shards, vocab, (4, 2, 1), 2)), workdir)
+  resumed, expected = losses(workdir), losses(reference[0])
   assert sorted(resumed) == [5, 6, 7, 8]
   np.testing.assert_allclose([resumed[s] for s in resumed], [expected[s] for s in resumed], atol=1e-6, rtol=0)
 

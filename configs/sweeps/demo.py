@@ -2,20 +2,24 @@
 
   python -m memobert_jax.sweep --sweep configs/sweeps/demo.py:data=DEMO_DIR --workdir DEMO_DIR/runs
 
-Pretraining variants (tiny model, from scratch, same steps):
-  multimodal   the four MEmoBERT tasks over text, face and voice
-  text_only    masked-word pretraining on the text alone: the demo's stand-in for "BERT
-               only", the model without multimodal pretraining
-Finetuning settings, each on the demo's given split (IEMOCAP fold 9: session 5, 5F valid, 5M test):
-  prompt and [CLS] head, all data and 10 % of it; prompt with text alone (L); the
-  cross-modal prompt mixture.
+The two pretraining stages mirror the paper, which starts MEmoBERT from BERT:
+  text_only    masked-word pretraining of the tiny model on the clips' transcripts alone:
+               the demo's "BERT", and the baseline without multimodal pretraining
+  multimodal   MEmoBERT: the four tasks over text, face and voice, starting from text_only
+Finetuning, each on the demo's given split (IEMOCAP fold 9: session 5, 5F valid, 5M test):
+  from either model, prompt with all data, 10 % and 3 % of it; from MEmoBERT also the
+  [CLS] head (all data and 10 %), prompt with the text alone (L), and the cross-modal
+  prompt mixture.
+The tiny model learns from scratch, so both stages use a larger learning rate than the
+paper's 5e-5 for a pretrained BERT-base.
 """
 
 import ml_collections
 
 from configs import common
 
-ARGUMENTS = dict(data='demo_out', pretrain_steps=1500, finetune_steps=600, seeds=1)
+# pretrain_steps: steps of each stage.
+ARGUMENTS = dict(data='demo_out', pretrain_steps=600, finetune_steps=300, seeds=1)
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -34,12 +38,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       config=f'configs/pretrain.py:tiny,mesh=cpu,steps={arg.pretrain_steps}',
       overrides={**shared, 'data.train': f'{data}/data/unlabelled', 'data.valid': f'{data}/data/labelled',
                  'data.text_buckets': (32,), 'batch_size': 64, 'per_device_batch': 64,
-                 'optim.learning_rate': 1e-3, 'eval_every_steps': 500, 'eval_batches': 2,
-                 'checkpoint.every_steps': 500, 'log_every_steps': 50},
+                 'optim.learning_rate': 3e-3, 'eval_every_steps': 300, 'eval_batches': 2,
+                 'checkpoint.every_steps': 300, 'log_every_steps': 50},
       variants={
-          'multimodal': {},
           'text_only': {'data.modalities': 'L', 'tasks.weights.visual_regression': 0.0,
                         'tasks.weights.visual_kl': 0.0, 'tasks.weights.acoustic_regression': 0.0},
+          'multimodal': {'init_from': 'text_only'},
       },
   ))
   sweep.finetune = ml_collections.ConfigDict(allow_dotted_keys=True, initial_dictionary=dict(
@@ -54,6 +58,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
           {'mode': 'prompt_cm', 'pretrain': ['multimodal']},
           {'mode': 'prompt', 'fraction': 0.1},
           {'mode': 'cls', 'fraction': 0.1, 'pretrain': ['multimodal']},
+          {'mode': 'prompt', 'fraction': 0.03},
       ],
   ))
   sweep.group_by = ('pretrain', 'mode', 'train', 'fraction')

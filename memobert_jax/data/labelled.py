@@ -155,15 +155,23 @@ class FinetuneBatcher:
 
 def training_batches(batcher: FinetuneBatcher, items: Sequence[tuple[Utterance, str]], batch_size: int,
                      seed: int) -> Iterator[dict[str, np.ndarray]]:
-  """Endless full batches, reshuffled every epoch; reproducible from the seed."""
-  if len(items) < batch_size:
-    raise ValueError(f'{len(items)} training items are fewer than one batch of {batch_size}: lower batch_size')
-  epoch = 0
+  """Endless full batches from a stream of epochs, each in a new order; reproducible from the seed.
+
+  A batch may span two epochs, so no item is left out and a training set smaller than a batch
+  (a low-resource fraction of a small corpus) still trains.
+  """
+  if not items:
+    raise ValueError('no training items')
+
+  def stream() -> Iterator[int]:
+    epoch = 0
+    while True:
+      yield from np.random.default_rng([seed, epoch]).permutation(len(items))
+      epoch += 1
+
+  order = stream()
   while True:
-    order = np.random.default_rng([seed, epoch]).permutation(len(items))
-    for start in range(0, len(order) - batch_size + 1, batch_size):
-      yield batcher.batch([items[i] for i in order[start:start + batch_size]], batch_size)
-    epoch += 1
+    yield batcher.batch([items[next(order)] for _ in range(batch_size)], batch_size)
 
 
 def evaluation_batches(batcher: FinetuneBatcher, utterances: Sequence[Utterance], subset: str,

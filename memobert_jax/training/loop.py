@@ -104,7 +104,9 @@ def pretrain(config: ConfigDict, workdir: str) -> dict:
   writer = metrics_lib.SummaryWriter(os.path.join(workdir, 'tensorboard'))
   late = metrics_lib.LateMetrics()
   bar = metrics_lib.progress_bar(config.optim.total_steps, start, 'pretrain')
-  window = {'examples': 0, 'tokens': 0, 'start': time.perf_counter()}
+  # Throughput between two logged steps, from the tokens of the steps completed in between.
+  tokens_of_step: dict[int, int] = {}
+  last_logged = {'step': start, 'time': time.perf_counter()}
   last: dict[str, float] = {}
 
   def log(result) -> None:
@@ -113,9 +115,10 @@ def pretrain(config: ConfigDict, workdir: str) -> dict:
       return
     step, values = result
     if step % config.log_every_steps == 0 or step == config.optim.total_steps:
-      elapsed = time.perf_counter() - window['start']
-      values.update(metrics_lib.throughput(window['examples'], window['tokens'], elapsed))
-      window.update(examples=0, tokens=0, start=time.perf_counter())
+      now, steps = time.perf_counter(), step - last_logged['step']
+      tokens = sum(tokens_of_step.pop(s, 0) for s in range(last_logged['step'] + 1, step + 1))
+      values.update(metrics_lib.throughput(steps * config.batch_size, tokens, now - last_logged['time']))
+      last_logged.update(step=step, time=now)
       writer.scalars(step, values)
       bar.set_postfix({k.split('/')[0]: f'{v:.3f}' for k, v in values.items() if k.endswith('/loss')}, refresh=False)
       last = values
@@ -123,8 +126,7 @@ def pretrain(config: ConfigDict, workdir: str) -> dict:
   with jax.set_mesh(mesh):
     for step in range(start, config.optim.total_steps):
       task, host_batch = next(train_iter)
-      window['examples'] += config.batch_size
-      window['tokens'] += metrics_lib.batch_tokens(host_batch) * jax.process_count()
+      tokens_of_step[step + 1] = metrics_lib.batch_tokens(host_batch) * jax.process_count()
       state, step_metrics = train_step(state, to_global(host_batch, batch_sharding), task)
       log(late.push(step + 1, step_metrics))
       bar.update(1)

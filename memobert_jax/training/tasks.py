@@ -25,7 +25,8 @@ import optax
 from memobert_jax.model import MEmoBERT
 
 TaskOutput = tuple[jax.Array, jax.Array, dict[str, jax.Array]]
-PRETRAINING_TASKS = ('mlm', 'visual_regression', 'visual_kl', 'acoustic_regression', 'itm')
+# The final model's four tasks (spec section 3); 'itm' is an ablation and needs model.itm_head.
+PRETRAINING_TASKS = ('mlm', 'visual_regression', 'visual_kl', 'acoustic_regression')
 
 
 def _encode(model: MEmoBERT, batch: dict, deterministic: bool, dropout_key: jax.Array | None):
