@@ -34,7 +34,7 @@ def test_demo_runs_end_to_end_and_prints_the_results_table(demo_dir, capsys):
   experiments = config_utils.load_config(f'{ROOT}/configs/sweeps/demo.py:data={demo_dir}')
   planned = sweep.plan(experiments)
   assert all(run.finished(runs) for run in planned)
-  table = [line for line in open(os.path.join(runs, 'results.md')) if line.startswith('| ')][2:]
+  table = [line for line in open(os.path.join(runs, 'results.md')) if line.startswith('| ')][1:]  # no header
   assert len(table) == sum(run.kind == 'finetune' for run in planned)  # one seed: one row per setting
   for run in planned:
     if run.kind == 'finetune':
