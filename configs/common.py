@@ -65,6 +65,8 @@ LOGICAL_AXIS_RULES = (
     ('mlp', 'tensor'),
     ('heads', 'tensor'),
     ('kv', None),
+    ('length', None),
+    ('activation_embed', None),  # hidden states keep their hidden axis whole (see model/sharding.py)
     ('qkv', None),
     ('positions', None),
     ('types', None),

@@ -18,6 +18,8 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from configs.sweeps import demo as demo_sweep  # noqa: E402  (after the path set-up)
+
 LABELS = ('anger', 'happy', 'neutral', 'sad')
 
 
@@ -47,8 +49,11 @@ def main(argv=None) -> None:
   parser.add_argument('--workdir', default='demo_out', help='where everything is written')
   parser.add_argument('--num_labelled', type=int, default=2000)
   parser.add_argument('--num_unlabelled', type=int, default=3000)
-  parser.add_argument('--pretrain_steps', type=int, default=1500)
-  parser.add_argument('--finetune_steps', type=int, default=600)
+  parser.add_argument('--pretrain_steps', type=int, default=demo_sweep.ARGUMENTS['pretrain_steps'],
+                      help='steps of each pretraining stage')
+  parser.add_argument('--finetune_steps', type=int, default=demo_sweep.ARGUMENTS['finetune_steps'])
+  parser.add_argument('--seeds', type=int, default=demo_sweep.ARGUMENTS['seeds'],
+                      help='finetuning seeds per setting (the table shows mean ± std)')
   parser.add_argument('--workers', type=int, default=2, help='processes generating the corpus')
   args = parser.parse_args(argv)
   workdir = os.path.abspath(args.workdir)
@@ -64,7 +69,7 @@ def main(argv=None) -> None:
   prepare_data(workdir, args.num_labelled, args.num_unlabelled, args.workers)
   print('[4/4] pretraining and finetuning (configs/sweeps/demo.py)')
   spec = (f'{ROOT}/configs/sweeps/demo.py:data={workdir},pretrain_steps={args.pretrain_steps},'
-          f'finetune_steps={args.finetune_steps}')
+          f'finetune_steps={args.finetune_steps},seeds={args.seeds}')
   experiments = config_utils.load_config(spec)
   runs = os.path.join(workdir, 'runs')
   table = sweep.run_sweep(experiments, runs)

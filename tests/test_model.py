@@ -5,6 +5,7 @@ Everything runs on the tiny config with a small vocabulary, jitted (an eager fir
 seconds of op-by-op compilation); conftest gives 8 fake CPU devices for the sharded checks.
 """
 
+import contextlib
 import functools
 
 import jax
@@ -19,11 +20,12 @@ from ml_collections import ConfigDict
 
 from configs.common import LOGICAL_AXIS_RULES, MESH_AXES
 from memobert_jax.training import optimizer as optimizer_lib
-from memobert_jax.training import partitioning, train_state
+from memobert_jax.training import aot, partitioning, train_state
+from memobert_jax.training import step as step_lib
 from memobert_jax.training.step import make_train_step
 from memobert_jax.training.tasks import PRETRAINING_TASKS, TASKS
 from tests import model_helpers
-from tests.model_helpers import make_batch, model_inputs, tiny_config
+from tests.model_helpers import ACOUSTIC_LENGTHS, TEXT_LENGTHS, VISUAL_LENGTHS, make_batch, model_inputs, tiny_config
 
 EXACT = 1e-6  # float32 reordering noise; anything the model really depends on moves outputs far more
 CHANGED = 1e-3
@@ -267,6 +269,34 @@ def test_mlm_loss_and_gradients_match_between_8_device_mesh_and_one_device(cfg, 
     assert max(jax.tree.leaves(diffs)) <= 1e-5, name
   # Dropout really is on in the second case (else the comparison above would prove nothing about it).
   assert abs(float(one_device['dropout_on'][0]) - float(one_device['dropout_off'][0])) > CHANGED
+
+
+def _all_gather_bytes(graphdef, state, mesh, batch) -> float:
+  optimizer = optimizer_lib.make_optimizer(optim_config())
+  shardings = jax.tree.map(lambda a: a.sharding, state)
+  train_step = make_train_step(graphdef, optimizer, seed=0, learning_rate=optimizer_lib.learning_rate_schedule(
+      optim_config()), state_shardings=shardings, mesh=mesh, rules=LOGICAL_AXIS_RULES)
+  with jax.set_mesh(mesh):
+    compiled = train_step.lower(state, batch, 'mlm').compile()
+  return aot.collective_bytes(compiled.as_text(), loop_trips=1).get('all-gather', 0.0)
+
+
+def test_fsdp_gathers_the_kernels_not_the_activations(cfg, sharded, mesh, monkeypatch):
+  """On (data=4, fsdp=2) the hidden states stay whole on their hidden axis (model/sharding.py pins them), so
+  the step all-gathers the fsdp-sharded parameters (forward and backward) and no activations. Without the pins
+  XLA's propagation follows the kernels and also gathers [batch, length, hidden] activations."""
+  graphdef, state = sharded
+  batch = make_batch(cfg, text_lengths=TEXT_LENGTHS * 8, visual_lengths=VISUAL_LENGTHS * 8,
+                     acoustic_lengths=ACOUSTIC_LENGTHS * 8)
+  batch = jax.tree.map(lambda x: x[None], batch)  # one micro-batch of 64
+  sharded_param_bytes = sum(v.get_value().nbytes for v in jax.tree.leaves(
+      state.params, is_leaf=lambda x: isinstance(x, nnx.Variable))
+      if not v.get_value().sharding.is_fully_replicated)
+  pinned = _all_gather_bytes(graphdef, state, mesh, batch)
+  assert pinned <= 2 * sharded_param_bytes
+  monkeypatch.setattr(step_lib, 'activation_rules', lambda rules: contextlib.nullcontext())
+  unpinned = _all_gather_bytes(graphdef, state, mesh, batch)
+  assert unpinned > 2 * sharded_param_bytes, (pinned, unpinned, sharded_param_bytes)
 
 
 # 5. Training.

@@ -20,6 +20,7 @@ import ml_collections
 from configs import common
 from configs.sweeps import demo
 
+# Fewer steps than the demo's: eleven pretraining runs.
 ARGUMENTS = dict(data='demo_out', pretrain_steps=600, finetune_steps=300, seeds=1)
 _DROP = {f'no_{task}': {f'tasks.weights.{task}': 0.0}
          for task in ('mlm', 'visual_regression', 'visual_kl', 'acoustic_regression')}

@@ -19,7 +19,7 @@ import ml_collections
 from configs import common
 
 # pretrain_steps: steps of each stage.
-ARGUMENTS = dict(data='demo_out', pretrain_steps=600, finetune_steps=300, seeds=1)
+ARGUMENTS = dict(data='demo_out', pretrain_steps=1000, finetune_steps=400, seeds=1)
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -38,8 +38,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       config=f'configs/pretrain.py:tiny,mesh=cpu,steps={arg.pretrain_steps}',
       overrides={**shared, 'data.train': f'{data}/data/unlabelled', 'data.valid': f'{data}/data/labelled',
                  'data.text_buckets': (32,), 'batch_size': 64, 'per_device_batch': 64,
-                 'optim.learning_rate': 3e-3, 'eval_every_steps': 300, 'eval_batches': 2,
-                 'checkpoint.every_steps': 300, 'log_every_steps': 50},
+                 'optim.learning_rate': 3e-3, 'eval_every_steps': 250, 'eval_batches': 2,
+                 'checkpoint.every_steps': 250, 'log_every_steps': 50},
       variants={
           'text_only': {'data.modalities': 'L', 'tasks.weights.visual_regression': 0.0,
                         'tasks.weights.visual_kl': 0.0, 'tasks.weights.acoustic_regression': 0.0},

@@ -16,9 +16,10 @@ from flax import nnx
 from ml_collections import ConfigDict
 
 from memobert_jax.model.embeddings import FrameEmbeddings, TextEmbeddings
-from memobert_jax.model.encoder import Encoder
+from memobert_jax.model.encoder import HIDDEN_AXES, Encoder
 from memobert_jax.model.heads import ClassificationHead, FrameRegressionHead, MLMHead, Pooler
 from memobert_jax.model.layers import Dense, normal_param
+from memobert_jax.model.sharding import constrain
 
 MODALITIES = ('visual', 'acoustic')
 
@@ -97,11 +98,11 @@ class MEmoBERT(nnx.Module):
       if length > limit:
         raise ValueError(f'{name} length {length} exceeds model.max_{name}_positions={limit}')
     segment_b = self.text_embeddings.token_type(jnp.ones((), jnp.int32))
-    x = jnp.concatenate([
+    x = jnp.concatenate([constrain(e, HIDDEN_AXES) for e in (
         self.text_embeddings(text_ids, **mode),
         self.visual_embeddings(visual, visual_masked, segment_b, **mode),
         self.acoustic_embeddings(acoustic, acoustic_masked, self.acoustic_type[...], **mode),
-    ], axis=1)
+    )], axis=1)
     valid = jnp.concatenate([text_mask, visual_mask, acoustic_mask], axis=1).astype(bool)
     hidden = self.encoder(x, valid, **mode)
     return Encoded(hidden, valid, text_ids.shape[1], visual.shape[1])

@@ -20,6 +20,7 @@ from ml_collections import ConfigDict
 
 from memobert_jax import config_utils, evaluation, init_checkpoint, tokenizer as tokenizer_lib
 from memobert_jax.data import labelled, pipeline
+from memobert_jax.model.sharding import activation_rules
 from memobert_jax.training import loop, metrics as metrics_lib, optimizer as optimizer_lib, partitioning
 from memobert_jax.training import step as step_lib, tasks, train_state
 
@@ -39,7 +40,8 @@ def make_scorer(graphdef: nnx.GraphDef, label_word_ids: np.ndarray | None, param
   def scores(params: nnx.State, batch: dict) -> jax.Array:
     model = nnx.merge(graphdef, params)
     ids = None if label_word_ids is None else jnp.asarray(label_word_ids)
-    return tasks.class_scores(model, jax.tree.map(lambda x: x[0], batch), ids)
+    with activation_rules(rules):
+      return tasks.class_scores(model, jax.tree.map(lambda x: x[0], batch), ids)
 
   return jax.jit(scores, in_shardings=(param_shardings, step_lib.train_batch_sharding(mesh, rules)),
                  out_shardings=partitioning.replicated(mesh))

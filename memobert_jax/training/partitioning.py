@@ -7,7 +7,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-Rules = Sequence[tuple[str, str | tuple[str, ...] | None]]
+from memobert_jax.model.sharding import Rules, logical_to_spec
 
 
 def make_mesh(shape: Sequence[int], axes: Sequence[str], devices: Sequence[jax.Device] | None = None) -> Mesh:
@@ -33,22 +33,6 @@ def make_mesh(shape: Sequence[int], axes: Sequence[str], devices: Sequence[jax.D
   # would make every embedding lookup state its output sharding).
   return jax.make_mesh(tuple(shape), tuple(axes), axis_types=(jax.sharding.AxisType.Auto,) * len(axes),
                        devices=devices)
-
-
-def logical_to_spec(logical_axes: Sequence[str | None], rules: Rules) -> PartitionSpec:
-  table = dict(rules)
-  mesh_axes = []
-  for name in logical_axes:
-    if name is None:
-      mesh_axes.append(None)
-    elif name not in table:
-      raise KeyError(f'logical axis {name!r} has no entry in the logical_axis_rules {sorted(table)}')
-    else:
-      mesh_axes.append(table[name])
-  used = [a for m in mesh_axes if m for a in ((m,) if isinstance(m, str) else m)]
-  if len(used) != len(set(used)):
-    raise ValueError(f'logical axes {tuple(logical_axes)} map to the mesh axes {mesh_axes} more than once')
-  return PartitionSpec(*mesh_axes)
 
 
 def _fit_to_mesh(spec: PartitionSpec, shape: Sequence[int], mesh: Mesh) -> PartitionSpec:

@@ -13,6 +13,7 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from memobert_jax.model.sharding import activation_rules
 from memobert_jax.training import partitioning
 from memobert_jax.training.tasks import TASKS
 from memobert_jax.training.train_state import TrainState
@@ -40,7 +41,8 @@ def make_train_step(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformat
 
     def loss_sum(params, micro_batch, key):
       model = nnx.merge(graphdef, params)
-      total, count, metrics = task_fn(model, micro_batch, False, key)
+      with activation_rules(rules):
+        total, count, metrics = task_fn(model, micro_batch, False, key)
       return total, (count, metrics)
 
     value_and_grad = jax.value_and_grad(loss_sum, has_aux=True)
@@ -78,7 +80,8 @@ def make_eval_step(graphdef: nnx.GraphDef, *, state_shardings: TrainState, mesh:
     model = nnx.merge(graphdef, state.params)
 
     def add(carry, micro_batch):
-      total, count, _ = TASKS[task](model, micro_batch, True, None)
+      with activation_rules(rules):
+        total, count, _ = TASKS[task](model, micro_batch, True, None)
       return (carry[0] + total, carry[1] + count), None
 
     (total, count), _ = jax.lax.scan(add, (jnp.zeros(()), jnp.zeros(())), batch)
