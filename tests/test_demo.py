@@ -75,3 +75,17 @@ def get_config(arg=None):
   assert sweep.run_sweep(experiments, root) == table
   assert results == {run.name: os.path.getmtime(os.path.join(root, run.name, 'provenance.json'))
                      for run in sweep.plan(experiments)}
+
+
+def test_ablation_sweep_plans_each_variant_after_its_start_and_every_override_names_a_config_key(tmp_path):
+  experiments = config_utils.load_config(f'{ROOT}/configs/sweeps/ablation.py:data={tmp_path}')
+  planned = sweep.plan(experiments)
+  pretraining = [run for run in planned if run.kind == 'pretrain']
+  assert pretraining[0].name == 'pretrain/text_only' and pretraining[0].needs is None
+  assert len(pretraining) == 9 and all(run.needs == 'pretrain/text_only' for run in pretraining[1:])
+  finetuning = [run for run in planned if run.kind == 'finetune']
+  # Nine pretrained models and none, each with all labels and 10 %; templates and modality subsets on 'all'.
+  assert len(finetuning) == 10 * 2 + 5
+  assert {run.fields['pretrain'] for run in finetuning} == {'none'} | {run.name.split('/')[1] for run in pretraining}
+  for run in planned:  # apply_overrides refuses a key the config does not have
+    sweep.build_config(run, str(tmp_path))

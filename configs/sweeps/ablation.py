@@ -11,7 +11,8 @@ text_only stage (the demo's "BERT", as in configs/sweeps/demo.py):
   single_frame   single frames (span 1) instead of spans of 3
   with_itm       the four tasks plus text-to-frames matching (weight 1), which the authors dropped
   text_only      the first stage alone (no face or voice in pretraining)
-and no pretraining at all ('none'), each finetuned by prompt ("I am [MASK] .", all modalities);
+and no pretraining at all ('none'), each finetuned by prompt ("I am [MASK] .", all modalities)
+with all labels and with 10 %;
 on the full model ('all') also the other two templates and the modality subsets L, LV, LA.
 """
 
@@ -42,12 +43,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       **{name: {**settings, 'init_from': 'text_only'} for name, settings in variants.items()},
   })
   sweep.finetune.init = ('pretrain', 'none')
-  # Every pretraining variant with the default prompt; templates and modality subsets on the full model.
+  # Every pretraining variant with the default prompt (all labels, 10 %); templates and modality subsets on the
+  # full model.
   sweep.finetune.variants = [
-      {'template': 'i_am'},
+      {'template': 'i_am'}, {'template': 'i_am', 'fraction': 0.1},
       {'template': 'it_was', 'pretrain': ['all']}, {'template': 'he_is', 'pretrain': ['all']},
       {'train': 'L', 'eval': 'L', 'pretrain': ['all']}, {'train': 'LV', 'eval': 'LV', 'pretrain': ['all']},
       {'train': 'LA', 'eval': 'LA', 'pretrain': ['all']},
   ]
-  sweep.group_by = ('pretrain', 'template', 'train')
+  sweep.group_by = ('pretrain', 'template', 'train', 'fraction')
   return sweep
