@@ -198,6 +198,17 @@ def run_variant(name: str, model: str, batch_size: int, pairs: int) -> dict:
   return result
 
 
+def _timed_runs(fn: Callable, args: tuple, repeats: int) -> list[float]:
+  """Seconds of `repeats` calls of a jitted fn, after one call that compiles it."""
+  jax.block_until_ready(fn(*args))
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    times.append(time.perf_counter() - start)
+  return times
+
+
 def qkv_microbench(batch: int = 16, length: int = 132, hidden: int = 768, heads: int = 12,
                    repeats: int = 10) -> dict:
   """Forward + backward of the attention input projection, three ways: the model's fused 4-D kernel
@@ -218,13 +229,7 @@ def qkv_microbench(batch: int = 16, length: int = 132, hidden: int = 768, heads:
   timings = {}
   for name, fn, params in (('fused_4d', fused_loss, fused), ('fused_2d', flat_loss, fused),
                            ('separate', separate_loss, separate)):
-    grad = jax.jit(jax.grad(fn, argnums=(0, 1)))
-    jax.block_until_ready(grad(params, x))
-    times = []
-    for _ in range(repeats):
-      start = time.perf_counter()
-      jax.block_until_ready(grad(params, x))
-      times.append(time.perf_counter() - start)
+    times = _timed_runs(jax.jit(jax.grad(fn, argnums=(0, 1))), (params, x), repeats)
     timings[name] = {'median_s': statistics.median(times), 'min_s': min(times)}
   return {'variant': 'qkv_microbench', 'timings': timings}
 
@@ -252,13 +257,7 @@ def dropout_microbench(shape: tuple[int, ...] = (16, 12, 132, 132), rate: float 
     key = jax.random.key(1, impl=impl)
     for name, fn in (('32_bit_bernoulli', bernoulli), ('16_bit', narrow(16)), ('8_bit', narrow(8))):
       grad = jax.jit(jax.value_and_grad(lambda x, k, fn=fn: (fn(k, x) * x).sum()))
-      jax.block_until_ready(grad(x, key))
-      times = []
-      for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(grad(x, key))
-        times.append(time.perf_counter() - start)
-      timings[f'{impl}/{name}'] = min(times)
+      timings[f'{impl}/{name}'] = min(_timed_runs(grad, (x, key), repeats))
   return {'variant': 'dropout_microbench', 'shape': shape, 'fwd_bwd_best_s': timings}
 
 
