@@ -81,10 +81,12 @@ def _convert(key: str, text: str, default):
     if text.lower() not in ('true', 'false', '1', '0'):
       raise ValueError(f'config argument {key}={text!r} is not a boolean')
     return text.lower() in ('true', '1')
-  if isinstance(default, int):
-    return int(text)
-  if isinstance(default, float):
-    return float(text)
+  if isinstance(default, (int, float)):
+    kind = type(default)
+    try:
+      return kind(text)
+    except ValueError:
+      raise ValueError(f'config argument {key}={text!r} is not {"an integer" if kind is int else "a float"}') from None
   return text
 
 

@@ -152,12 +152,41 @@ def _record_problem(manifest: str, line: int, example_id: str | None, message: s
   return Problem(example_id, f'{manifest}:{line}', message)
 
 
+def not_utf8_message(error: UnicodeDecodeError) -> str:
+  """Says where a line's bytes stop being UTF-8 (shared with the corpus adapters' manifest reader)."""
+  return (f'bytes are not UTF-8 (0x{error.object[error.start]:02x} at byte {error.start} of the line: {error.reason}); '
+          'save the manifest as UTF-8')
+
+
+def lone_surrogate_message(key: str, text: str) -> str | None:
+  """Why `text` cannot be stored as UTF-8 (a lone surrogate, e.g. an unpaired "\\ud800" escape in the JSON), or None."""
+  try:
+    text.encode('utf-8')
+  except UnicodeEncodeError as e:
+    return (f'"{key}" has a lone surrogate {ascii(text[e.start])} at character {e.start}, which UTF-8 cannot store '
+            '(an unpaired \\uXXXX escape in the JSON): fix or remove it')
+  return None
+
+
+def _text_problems(raw: dict, manifest: str, line: int, example_id: str) -> list[Problem]:
+  """The stored strings that UTF-8 cannot encode: refused here, not when a shard is half written."""
+  problems = []
+  for key in ('text', 'label', 'speaker', 'session'):
+    message = lone_surrogate_message(key, raw[key]) if isinstance(raw.get(key), str) else None
+    if message:
+      problems.append(_record_problem(manifest, line, example_id, message))
+  return problems
+
+
 def _parse_record(raw: Any, manifest: str, line: int, base_dir: str) -> tuple[Utterance | None, list[Problem]]:
   if not isinstance(raw, dict):
     return None, [_record_problem(manifest, line, None, f'expected a JSON object, got {type(raw).__name__}')]
   example_id = raw.get('id')
   if not isinstance(example_id, str) or not example_id:
     return None, [_record_problem(manifest, line, None, f'"id" must be a non-empty string, got {example_id!r}')]
+  bad_id = lone_surrogate_message('id', example_id)
+  if bad_id:  # not usable as the problem's id either
+    return None, [_record_problem(manifest, line, None, bad_id)]
   problems = []
   if not isinstance(raw.get('text'), str):
     problems.append(_record_problem(manifest, line, example_id, f'"text" must be a string, got {raw.get("text")!r}'))
@@ -165,6 +194,7 @@ def _parse_record(raw: Any, manifest: str, line: int, base_dir: str) -> tuple[Ut
     if raw.get(key) is not None and not isinstance(raw[key], str):
       problems.append(_record_problem(manifest, line, example_id,
                                       f'"{key}" must be a string or null, got {raw[key]!r}'))
+  problems += _text_problems(raw, manifest, line, example_id)
   split = raw.get('split') or DEFAULT_SPLIT
   if isinstance(split, str) and not _SPLIT_NAME.match(split):
     problems.append(_record_problem(manifest, line, example_id, f'split name {split!r} is not [A-Za-z0-9_]+'))
@@ -175,22 +205,29 @@ def _parse_record(raw: Any, manifest: str, line: int, base_dir: str) -> tuple[Ut
                    session=raw.get('session'), split=split, line=line, **paths), []
 
 
+def _parse_line(raw_line: bytes, manifest: str, line: int, base_dir: str) -> tuple[Utterance | None, list[Problem]]:
+  try:
+    text = raw_line.decode('utf-8')
+  except UnicodeDecodeError as e:
+    return None, [_record_problem(manifest, line, None, not_utf8_message(e))]
+  if not text.strip():
+    return None, []
+  try:
+    raw = json.loads(text)
+  except json.JSONDecodeError as e:
+    return None, [_record_problem(manifest, line, None, f'invalid JSON: {e}')]
+  return _parse_record(raw, manifest, line, base_dir)
+
+
 def read_manifest(path: str | os.PathLike) -> tuple[list[Utterance], list[Problem]]:
   """Parses the manifest; records that cannot be parsed become problems. Unknown keys are ignored."""
   path = os.fspath(path)
   base_dir = os.path.dirname(os.path.abspath(path))
   utterances, problems = [], []
-  with open(path, encoding='utf-8') as f:
-    for line, text in enumerate(f, start=1):
-      if not text.strip():
-        continue
-      try:
-        raw = json.loads(text)
-      except json.JSONDecodeError as e:
-        problems.append(_record_problem(path, line, None, f'invalid JSON: {e}'))
-        continue
-      utt, record_problems = _parse_record(raw, path, line, base_dir)
-      problems.extend(record_problems)
+  with open(path, 'rb') as f:  # decoded line by line: bytes that are not UTF-8 are a problem of their line
+    for line, raw_line in enumerate(f, start=1):
+      utt, line_problems = _parse_line(raw_line, path, line, base_dir)
+      problems.extend(line_problems)
       if utt is not None:
         utterances.append(utt)
   return utterances, problems
@@ -384,6 +421,13 @@ def _dim_problems(utterances: Sequence[Utterance], infos: Sequence[FeatureInfo],
   return problems
 
 
+def _nothing_to_write(manifest: str, problems: Sequence[Problem]) -> Problem:
+  if problems:
+    return Problem(None, manifest, 'no examples left to write: every record has a problem (listed above); fix them')
+  return Problem(None, manifest, 'no examples: the manifest is empty or has only blank lines; give it one JSON '
+                 'object per utterance (docs/DATA.md)')
+
+
 @contextlib.contextmanager
 def worker_map(workers: int) -> Iterator[Callable[..., Iterable[Any]] | None]:
   """An ordered map over `workers` spawned processes (spawn: safe next to threads and TensorFlow); None for 1."""
@@ -413,6 +457,9 @@ def validate(manifest: str | os.PathLike, *, labels: Sequence[str] | None = None
   Returns:
     The valid utterances with their feature summaries, the label set, the feature dimensions and the
     problems (empty in fail mode).
+
+  Raises:
+    ManifestError: in fail mode, any problem; in both modes, no example left to write.
   """
   if on_error not in ('fail', 'skip'):
     raise ValueError(f'on_error must be "fail" or "skip", got {on_error!r}')
@@ -434,5 +481,7 @@ def validate(manifest: str | os.PathLike, *, labels: Sequence[str] | None = None
     raise ManifestError(problems)
   bad_ids = {p.id for p in problems}
   kept = [(u, info) for u, info in zip(utterances, infos) if u.id not in bad_ids]
+  if not kept:  # an empty dataset marked complete would only fail later, in training
+    raise ManifestError(problems + [_nothing_to_write(manifest, problems)])
   return ValidatedManifest(manifest, [u for u, _ in kept], {u.id: info for u, info in kept}, problems, label_names,
                            visual_dim, acoustic_dim)

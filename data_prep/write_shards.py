@@ -111,18 +111,13 @@ def finished_shard(output_dir: str, plan: ShardPlan) -> tuple[schema.ShardInfo, 
   return schema.ShardInfo(plan.file, state['num_examples'], state['num_bytes'], state['sha256']), state['moments']
 
 
-def write_shard(plan: ShardPlan, output_dir: str, options: manifest_lib.FeatureOptions,
-                label_names: Sequence[str]) -> tuple[schema.ShardInfo, dict]:
-  """Writes one shard atomically (temporary file, fsync, rename), then its state record.
-
-  Also returns the moments of its frames (as stored), from which the split's feature statistics follow.
-  """
+def _write_records(path: str, plan: ShardPlan, options: manifest_lib.FeatureOptions,
+                   label_names: Sequence[str]) -> dict[str, list]:
+  """Writes the plan's examples to a TFRecord file and fsyncs it; returns the moments of their stored frames."""
   import tensorflow as tf  # only shard-writing processes pay for the import
   dtype = schema.storage_dtype(options.storage_dtype)
-  final = os.path.join(output_dir, plan.file)
-  tmp = os.path.join(output_dir, f'.{plan.file}.tmp-{os.getpid()}')
   moments = {'visual': [], 'acoustic': []}
-  with tf.io.TFRecordWriter(tmp) as writer:
+  with tf.io.TFRecordWriter(path) as writer:
     for utt in plan.utterances:
       features = manifest_lib.load_features(utt, options)
       for name in moments:
@@ -130,13 +125,31 @@ def write_shard(plan: ShardPlan, output_dir: str, options: manifest_lib.FeatureO
         if frames is not None and len(frames):
           moments[name].append(normalization.moments(frames.astype(dtype)))
       writer.write(schema.encode_example(
-          example_id=utt.id, text=utt.text, label=manifest_lib.label_index(utt, label_names), speaker=utt.speaker, session=utt.session,
-          visual=features.visual, visual_soft_labels=features.visual_soft_labels, acoustic=features.acoustic,
-          dtype=dtype))
-  with open(tmp, 'rb') as f:
+          example_id=utt.id, text=utt.text, label=manifest_lib.label_index(utt, label_names), speaker=utt.speaker,
+          session=utt.session, visual=features.visual, visual_soft_labels=features.visual_soft_labels,
+          acoustic=features.acoustic, dtype=dtype))
+  with open(path, 'rb') as f:
     os.fsync(f.fileno())
-  info = schema.ShardInfo(plan.file, len(plan.utterances), os.path.getsize(tmp), _sha256_file(tmp))
-  os.replace(tmp, final)
+  return moments
+
+
+def write_shard(plan: ShardPlan, output_dir: str, options: manifest_lib.FeatureOptions,
+                label_names: Sequence[str]) -> tuple[schema.ShardInfo, dict]:
+  """Writes one shard atomically (temporary file, fsync, rename), then its state record.
+
+  Also returns the moments of its frames (as stored), from which the split's feature statistics follow.
+  A failed or interrupted write removes its temporary file (only a killed process leaves one, for the next run).
+  """
+  final = os.path.join(output_dir, plan.file)
+  tmp = os.path.join(output_dir, f'.{plan.file}.tmp-{os.getpid()}')
+  try:
+    moments = _write_records(tmp, plan, options, label_names)
+    info = schema.ShardInfo(plan.file, len(plan.utterances), os.path.getsize(tmp), _sha256_file(tmp))
+    os.replace(tmp, final)
+  except BaseException:  # KeyboardInterrupt too
+    with contextlib.suppress(FileNotFoundError):
+      os.remove(tmp)
+    raise
   moments = {name: normalization.merge(parts) for name, parts in moments.items()}
   state = dataclasses.asdict(info) | {'digest': plan.digest, 'moments': moments}
   schema.atomic_write_text(_state_path(output_dir, plan.file), json.dumps(state))

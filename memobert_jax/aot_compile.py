@@ -51,5 +51,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  config_utils.check_command_line(sys.argv)
+  config_utils.check_command_line(sys.argv, ('config', 'finetune'))
   app.run(main)

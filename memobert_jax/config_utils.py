@@ -12,10 +12,12 @@ import os
 import subprocess
 import sys
 import types
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import ml_collections
+from absl import flags
+from ml_collections.config_flags import tuple_parser
 
 
 def load_module(path: str) -> types.ModuleType:
@@ -49,50 +51,127 @@ def unknown_key_error(key: str, config: ml_collections.ConfigDict) -> KeyError:
   return KeyError(f'config key {key!r} does not exist{hint}')
 
 
+# How ml_collections' config flags parse a command-line string for each field type, and the name of the type.
+_PARSERS = {
+    bool: (flags.BooleanParser(), 'a boolean (true or false)'),
+    int: (flags.IntegerParser(), 'an integer'),
+    float: (flags.FloatParser(), 'a float'),
+    tuple: (tuple_parser.TupleParser(), "a tuple (write '(16, 32)' or \"('a', 'b')\")"),
+}
+
+
 def _parse_value(text: str, current: Any) -> Any:
-  """A command-line string as the type of the value it replaces."""
+  """A command-line string as the type of the value it replaces, accepted where config flags accept it."""
   if isinstance(current, str):
     return text
-  if isinstance(current, bool):
-    if text.lower() not in ('true', 'false', '1', '0'):
-      raise ValueError(f'{text!r} is not a boolean')
-    return text.lower() in ('true', '1')
-  value = ast.literal_eval(text)
-  if isinstance(current, float) and isinstance(value, int):
-    return float(value)
-  if isinstance(current, tuple) and not isinstance(value, tuple):
-    return tuple(value) if isinstance(value, list) else (value,)
+  if type(current) not in _PARSERS:
+    try:
+      return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+      raise ValueError(f'{text!r} is not a Python literal (the value is a {type(current).__name__})') from None
+  parser, type_name = _PARSERS[type(current)]
+  try:
+    value = parser.parse(text)
+  except ValueError:
+    raise ValueError(f'{text!r} is not {type_name}') from None
+  if isinstance(current, tuple):
+    _check_tuple(text, value, current)
   return value
+
+
+def _check_tuple(text: str, value: tuple, current: tuple) -> None:
+  """Config flags take ('abc',) for (16, 32), and read 'a,b' as the one-string tuple ('a,b',): both are refused."""
+  kinds = {type(element) for element in current}
+  kind = kinds.pop() if len(kinds) == 1 else None
+  if kind and not all(type(element) is kind or (kind is float and type(element) is int) for element in value):
+    raise ValueError(f'{text!r} is not a tuple of {kind.__name__} (write it as {current!r})')
+  if value == (text,) and ',' in text:
+    raise ValueError(f'{text!r} would be one string: write the tuple as "{tuple(text.split(","))!r}"')
+
+
+def _parent(config: ml_collections.ConfigDict, key: str) -> tuple[ml_collections.ConfigDict, str]:
+  """The ConfigDict holding a dotted key, and the key's last part; KeyError naming the closest keys if absent."""
+  node = config
+  *parents, leaf = key.split('.')
+  for parent in parents:
+    if parent not in node or not isinstance(node[parent], ml_collections.ConfigDict):
+      raise unknown_key_error(key, config)
+    node = node[parent]
+  if leaf not in node:
+    raise unknown_key_error(key, config)
+  return node, leaf
+
+
+def _set_value(config: ml_collections.ConfigDict, key: str, value: Any) -> None:
+  """Sets a dotted key; a string value is parsed as the replaced value's type."""
+  node, leaf = _parent(config, key)
+  node[leaf] = _parse_value(value, node[leaf]) if isinstance(value, str) else value
 
 
 def apply_overrides(config: ml_collections.ConfigDict, overrides: Mapping[str, Any]) -> ml_collections.ConfigDict:
   """Sets dotted keys; values may be typed or command-line strings (parsed as the replaced value's type)."""
   for key, value in overrides.items():
-    node = config
-    *parents, leaf = key.split('.')
-    for parent in parents:
-      if parent not in node or not isinstance(node[parent], ml_collections.ConfigDict):
-        raise unknown_key_error(key, config)
-      node = node[parent]
-    if leaf not in node:
-      raise unknown_key_error(key, config)
-    node[leaf] = _parse_value(value, node[leaf]) if isinstance(value, str) else value
+    try:
+      _set_value(config, key, value)
+    except ValueError as error:
+      raise ValueError(f'config key {key}: {error}') from None
   return config
 
 
-def check_command_line(argv: Sequence[str]) -> None:
-  """Exits with a clear message if a --config.KEY override names a key the config does not have."""
-  spec = next((a.split('=', 1)[1] for a in argv if a.startswith('--config=')), None)
-  if spec is None:
-    return
+def load_config_or_exit(flag: str, spec: str) -> ml_collections.ConfigDict:
+  """load_config, exiting with a message that names the flag and its file when the file or its argument is wrong."""
   try:
-    config = load_config(spec)
-    for arg in argv:
-      if arg.startswith('--config.'):
-        key, _, value = arg[len('--config.'):].partition('=')
-        apply_overrides(config, {key: value})
+    return load_config(spec)
   except (KeyError, ValueError, SyntaxError, FileNotFoundError) as error:
-    sys.exit(f'error: {error.args[0] if error.args else error}')
+    message = error.args[0] if isinstance(error, KeyError) and error.args else error
+    sys.exit(f'error: --{flag} {spec}: {message}')
+
+
+def _flag(arg: str) -> tuple[str, str | None]:
+  """'--name=value' or '-name=value' -> (name, value); value None without '='; ('', None) for a non-flag."""
+  if not arg.startswith('-'):
+    return '', None
+  name, equals, value = arg.lstrip('-').partition('=')
+  return name, value if equals else None
+
+
+def check_command_line(argv: Sequence[str], flag_names: Sequence[str] = ('config',)) -> None:
+  """Exits with a message naming the flag when a config flag's file or argument, or a --FLAG.KEY override, is wrong.
+
+  Reads argv as absl does, so both spellings are checked: --config=FILE or --config FILE, --config.key=value or
+  --config.key value; a boolean key given alone is true; flags end at a bare '--'.
+  """
+  configs = {}
+  args = iter(argv[1:])
+  for arg in args:
+    if arg == '--':
+      return
+    name, value = _flag(arg)
+    flag, _, key = name.partition('.')
+    if flag not in flag_names:
+      continue
+    if not key:
+      spec = next(args, None) if value is None else value
+      if spec is not None:
+        configs[flag] = load_config_or_exit(flag, spec)
+    elif flag in configs:  # absl itself refuses an override before its config file
+      _check_override(configs[flag], flag, key, value, args)
+
+
+def _check_override(config: ml_collections.ConfigDict, flag: str, key: str, value: str | None,
+                    args: Iterator[str]) -> None:
+  """Applies --FLAG.KEY[=VALUE] to config, exiting with a message if the key or value is wrong; without '=' the
+  value is the next argument, except for a boolean key."""
+  try:
+    if value is None:
+      node, leaf = _parent(config, key)
+      value = 'true' if isinstance(node[leaf], bool) else next(args, None)
+    if value is not None:  # a missing value is absl's to report
+      _set_value(config, key, value)
+  except KeyError as error:
+    sys.exit(f'error: {error.args[0]}')
+  except ValueError as error:
+    sys.exit(f'error: --{flag}.{key}: {error}')
 
 
 def git_revision() -> str:

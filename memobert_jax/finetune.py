@@ -14,13 +14,16 @@ from memobert_jax.training import finetuning
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file (and :variant arguments).', lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Folder for results, the selected model and TensorBoard logs.')
+_ALLOW_CONFIG_CHANGE = flags.DEFINE_bool(
+    'allow_config_change', False, 'Continue a workdir started with other settings (recorded in WORKDIR/run.json).')
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
-  results = finetuning.finetune(_CONFIG.value, os.path.abspath(_WORKDIR.value))
+  results = finetuning.finetune(_CONFIG.value, os.path.abspath(_WORKDIR.value),
+                                allow_config_change=_ALLOW_CONFIG_CHANGE.value)
   print(f"fold {results['fold']}: best step {results['best_step']}, valid UA {100 * results['valid']['ua']:.2f}, "
         f"test WA {100 * results['test']['wa']:.2f} UA {100 * results['test']['ua']:.2f} -> {_WORKDIR.value}")
 

@@ -22,6 +22,8 @@ import orbax.checkpoint as ocp
 from flax import nnx
 from ml_collections import ConfigDict
 
+from memobert_jax.model import memobert
+
 PARAMS_DIR = 'params'
 METADATA_FILE = 'memobert_init.json'
 CONFIG_FIELDS = ('hidden_size', 'num_layers', 'num_heads', 'intermediate_size', 'vocab_size', 'max_text_positions',
@@ -109,10 +111,12 @@ def restore_into(state: nnx.State, init_dir: str | pathlib.Path, cfg: Mapping[st
   loaded leaf is read straight into the sharding of the leaf it replaces (its array's
   sharding, or its ShapeDtypeStruct's; the default device where an abstract leaf has
   none) and the state's dtype. Leaves the checkpoint lacks are returned unchanged; checkpoint
-  parameters whose path starts with one of `skip` are not loaded (any other unknown one is an error).
+  parameters whose path starts with one of `skip`, or belongs to a modality the model has none of
+  (dimension 0), are not loaded (any other unknown one is an error).
   """
   init_dir = pathlib.Path(init_dir).resolve()
   metadata = check_config(init_dir, cfg)
+  skip = (*skip, *memobert.absent_modality_parameters(cfg))
   variables = {_path_name(path): (path, var) for path, var in nnx.to_flat_state(state)}
   wanted = {name: shape for name, shape in metadata['params'].items() if not name.startswith(skip)}
   unknown = sorted(set(wanted) - set(variables))

@@ -33,6 +33,12 @@ _OUTPUT = flags.DEFINE_string('output', None, 'Write JSONL here instead of print
 _BATCH = 32
 
 
+def _check_transcript(text: str, where: str) -> None:
+  """Refuses an empty or blank transcript, as data prep does (data_prep/manifest.py: check_records)."""
+  if not text.strip():
+    raise ValueError(f'{where}: empty transcript')
+
+
 def _load_frames(path: str | None, dim: int, what: str, example_id: str) -> np.ndarray:
   if path is None:
     return np.zeros((0, dim), np.float32)
@@ -117,6 +123,7 @@ def read_manifest(path: str, predictor: Predictor) -> list[labelled.Utterance]:
         raise ValueError(f'{path}:{number}: not valid JSON: {error}') from error
       if not isinstance(record.get('id'), str) or not isinstance(record.get('text'), str):
         raise ValueError(f'{path}:{number}: needs a string "id" and a string "text"')
+      _check_transcript(record['text'], f'{record["id"]}: {path}:{number}')
       utterances.append(predictor.utterance(
           record['id'], record['text'],
           _load_frames(resolve(record.get('visual')), dims.visual_dim, 'visual', record['id']),
@@ -129,6 +136,11 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)
   if (_MANIFEST.value is None) == (_TEXT.value is None):
     raise app.UsageError('give exactly one of --manifest or --text')
+  if _TEXT.value is not None:
+    try:
+      _check_transcript(_TEXT.value, '--text')
+    except ValueError as error:
+      raise app.UsageError(str(error)) from None
   predictor = Predictor(_MODEL.value)
   if _MANIFEST.value:
     utterances = read_manifest(_MANIFEST.value, predictor)

@@ -31,7 +31,7 @@ from absl import app, flags, logging
 from ml_collections import ConfigDict
 
 from memobert_jax import config_utils, evaluation
-from memobert_jax.training import finetuning, loop
+from memobert_jax.training import finetuning, loop, workdir
 
 _SWEEP = flags.DEFINE_string('sweep', None, 'Sweep file (and :argument).')
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Folder holding one sub-folder per run and the tables.')
@@ -129,6 +129,19 @@ def execute(run: Run, root: str) -> None:
     finetuning.finetune(config, workdir)
 
 
+def check_finished_runs(runs: Sequence[Run], root: str) -> None:
+  """Refuses to skip a finished run that was made with other settings than the sweep now plans."""
+  changed = []
+  for run in runs:
+    recorded = workdir.read_run(os.path.join(root, run.name)) if run.finished(root) else None
+    changes = workdir.config_changes(recorded['config'], build_config(run, root)) if recorded else {}
+    if changes:
+      changed.append(f'  {run.name}: {workdir.describe(changes)}')
+  if changed:
+    raise ValueError(f'{len(changed)} finished runs in {root} were made with other settings than this sweep:\n'
+                     + '\n'.join(changed) + '\nGive another --workdir, or delete those run folders to redo them.')
+
+
 def collect(runs: Sequence[Run], root: str, group_by: Sequence[str]) -> list[dict]:
   """Finished finetuning runs -> rows; writes results.md and results.csv (mean ± std per group) into root."""
   rows = []
@@ -155,6 +168,7 @@ def run_sweep(sweep: ConfigDict, root: str, *, part: int = 1, parts: int = 1, co
   runs = plan(sweep)
   if not collect_only:
     mine = runs[part - 1::parts]
+    check_finished_runs(mine, root)
     for index, run in enumerate(mine, 1):
       if run.finished(root):
         print(f'[{index}/{len(mine)}] {run.name}: finished earlier, skipped')
@@ -166,13 +180,19 @@ def run_sweep(sweep: ConfigDict, root: str, *, part: int = 1, parts: int = 1, co
   return collect(runs, root, sweep.group_by)
 
 
+def _slice(text: str) -> tuple[int, int]:
+  """--slice 'k/n' -> (k, n)."""
+  part, slash, parts = text.partition('/')
+  if not (slash and part.isdigit() and parts.isdigit() and 1 <= int(part) <= int(parts)):
+    raise app.UsageError(f'--slice {text!r} is not k/n with 1 <= k <= n')
+  return int(part), int(parts)
+
+
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
-  part, parts = (int(x) for x in _SLICE.value.split('/'))
-  if not 1 <= part <= parts:
-    raise app.UsageError(f'--slice {_SLICE.value}: k must lie in 1..n')
-  sweep = config_utils.load_config(_SWEEP.value)
+  part, parts = _slice(_SLICE.value)
+  sweep = config_utils.load_config_or_exit('sweep', _SWEEP.value)
   table = run_sweep(sweep, _WORKDIR.value, part=part, parts=parts, collect_only=_COLLECT_ONLY.value)
   print(evaluation.markdown_table(table, sweep.group_by, METRICS))
   print(f'tables: {os.path.join(os.path.abspath(_WORKDIR.value), "results.md")} and results.csv')

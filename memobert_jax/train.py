@@ -14,13 +14,16 @@ from memobert_jax.training import loop
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file (and :variant arguments).', lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Folder for checkpoints, TensorBoard logs and the config.')
+_ALLOW_CONFIG_CHANGE = flags.DEFINE_bool(
+    'allow_config_change', False, 'Continue a workdir started with other settings (recorded in WORKDIR/run.json).')
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
-  loop.pretrain(_CONFIG.value, os.path.abspath(_WORKDIR.value))
+  loop.pretrain(_CONFIG.value, os.path.abspath(_WORKDIR.value),
+                allow_config_change=_ALLOW_CONFIG_CHANGE.value)
 
 
 if __name__ == '__main__':

@@ -75,6 +75,11 @@ def get_config(arg=None):
   assert sweep.run_sweep(experiments, root) == table
   assert results == {run.name: os.path.getmtime(os.path.join(root, run.name, 'provenance.json'))
                      for run in sweep.plan(experiments)}
+  # The same sweep with longer finetuning must not pass the shorter runs off as its own.
+  longer = tmp_path / 'two_axes_longer.py'
+  longer.write_text(sweep_file.read_text().replace('finetune_steps=3', 'finetune_steps=5'))
+  with pytest.raises(ValueError, match=r'4 finished runs .* other settings(.|\n)*optim.total_steps: 3 -> 5'):
+    sweep.run_sweep(config_utils.load_config(str(longer)), root)
 
 
 def test_ablation_sweep_plans_each_variant_after_its_start_and_every_override_names_a_config_key(tmp_path):

@@ -204,6 +204,16 @@ def test_iemocap_missing_transcript_is_an_error(tmp_path):
     iemocap.build_manifest(tmp_path / 'release', tmp_path / 'm.jsonl', sessions=(1, 2))
 
 
+def test_iemocap_transcript_that_is_not_utf8_is_an_error_naming_file_and_line(tmp_path):
+  _fake_iemocap(tmp_path / 'release')
+  transcript = next((tmp_path / 'release' / 'Session2' / 'dialog' / 'transcriptions').glob('*.txt'))
+  lines = transcript.read_bytes().split(b'\n')
+  lines[1] = lines[1].replace(b':', b': caf\xe9', 1)  # latin-1, as old transcript editors wrote it
+  transcript.write_bytes(b'\n'.join(lines))
+  with pytest.raises(ValueError, match=f'{transcript}:2: bytes are not UTF-8 \\(0xe9'):
+    iemocap.build_manifest(tmp_path / 'release', tmp_path / 'm.jsonl', sessions=(1, 2))
+
+
 def test_iemocap_missing_session_is_an_error(tmp_path):
   _fake_iemocap(tmp_path / 'release')
   with pytest.raises(FileNotFoundError, match='Session3'):

@@ -216,9 +216,19 @@ class TestMaskWords:
   def test_forced_word_respects_cap(self):
     ids, word_ids, examples = run_many(200, word_lengths=[5, 1, 4], mask_prob=0.0, max_predictions=2)
     for e in examples:
-      assert set(word_actions(ids, word_ids, e)) == {1}
-    with pytest.raises(ValueError, match='max_predictions'):
-      run_many(1, word_lengths=[5, 3], max_predictions=2)
+      assert set(word_actions(ids, word_ids, e)) == {1} and e.num_capped_words == 0
+
+  def test_a_text_whose_words_all_exceed_the_cap_masks_one_word_in_part(self):
+    # Real subtitles hold words like 'oooooooooooooohhhhhhhhhhh': more word-pieces than the cap.
+    ids, word_ids, examples = run_many(200, word_lengths=[25], max_predictions=12)
+    for e in examples:
+      assert e.num_capped_words == 1 and e.weights.sum() == 12
+      np.testing.assert_array_equal(e.positions, np.arange(1, 13))  # the word's first 12 sub-tokens
+      np.testing.assert_array_equal(e.targets, ids[1:13])
+      np.testing.assert_array_equal(e.ids[13:], ids[13:])  # the rest of the word is left as it was
+    ids, word_ids, examples = run_many(400, word_lengths=[5, 3], max_predictions=2)
+    chosen = {int(word_ids[e.positions[0]]) for e in examples}
+    assert chosen == {0, 1} and all(e.num_capped_words == 1 and e.weights.sum() == 2 for e in examples)
 
   def test_cap_rarely_binds_at_default_rate(self):
     # With 28 sub-tokens and p = 0.15, 16 slots should never overflow in 2000 draws.

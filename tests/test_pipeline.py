@@ -216,3 +216,21 @@ def test_frames_are_standardised_with_the_train_split_statistics(corpus):
                                                  repeat=False, process_index=0, process_count=1) if e is not None)
   stats = pipeline.feature_stats(source, 'train', make_config(shards, tokenizer).data)['acoustic']
   np.testing.assert_allclose(stats.apply(raw.acoustic), examples[0].acoustic, rtol=1e-6)
+
+
+def test_a_text_whose_only_word_exceeds_the_mlm_cap_is_masked_in_part_and_counted(tmp_path):
+  # 'unbelievable' is three word-pieces here, one more than the cap: as a drawn-out word in real subtitles.
+  shards = corpus_helpers.write_corpus(str(tmp_path), 24, num_shards=1,
+                                       text_of=lambda i: 'unbelievable' if i % 2 else 'i am unbelievable')
+  tokenizer = tokenizer_lib.load_tokenizer('wordpiece', corpus_helpers.write_vocab(str(tmp_path)))
+  config = make_config(shards, tokenizer)
+  config.data.mlm_max_predictions = 2
+  config.data.prefetch_batches = 0
+  for task in ('visual_regression', 'visual_kl', 'acoustic_regression'):
+    config.tasks.weights[task] = 0.0
+  iterator = iter(pipeline.pretraining_dataset(config, tokenizer, split='train', micro_batches=1,
+                                               micro_batch_size=8))
+  for _, batch in take(iterator, 6):
+    assert (batch['mlm_weights'].sum(-1) >= 1).all() and (batch['mlm_weights'].sum(-1) <= 2).all()
+  # About half the examples hold nothing but the long word; each is counted once.
+  assert 12 <= iterator.get_state()['mlm_capped_words'] <= 36

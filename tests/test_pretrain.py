@@ -14,9 +14,10 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
+from configs import finetune as finetune_config
 from configs import pretrain
 from memobert_jax import tokenizer as tokenizer_lib
-from memobert_jax.training import checkpointing, loop, metrics
+from memobert_jax.training import checkpointing, finetuning, loop, metrics, workdir as workdir_lib
 from tests import corpus_helpers
 
 pytestmark = pytest.mark.slow
@@ -60,13 +61,14 @@ def losses(workdir: str) -> dict[int, float]:
   return metrics.read_scalars(os.path.join(workdir, 'tensorboard'))['loss']
 
 
-def final_params(workdir: str) -> tuple[dict, dict]:
-  """The last checkpoint's parameters and data-iterator state (grain writes one JSON file per process)."""
+def final_state(workdir: str) -> tuple[dict, dict]:
+  """The last checkpoint's train state (parameters, optimizer, step) and data-iterator state (grain writes one
+  JSON file per process)."""
   manager = ocp.CheckpointManager(os.path.join(workdir, 'checkpoints'), item_names=('state',))
   step = manager.latest_step()
   restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
   with open(os.path.join(workdir, 'checkpoints', str(step), 'data', 'process_0-of-1.json')) as f:
-    return restored.state['params'], json.loads(f.read())
+    return restored.state, json.loads(f.read())
 
 
 @pytest.fixture(scope='module')
@@ -104,8 +106,10 @@ def test_event_files_hold_the_training_metrics(reference):
 
 
 def resume_copy(reference_dir: str, workdir: str, keep_up_to: int) -> None:
-  """A copy of the reference workdir as it was after `keep_up_to` steps (later checkpoints and logs removed)."""
-  shutil.copytree(reference_dir, workdir, ignore=shutil.ignore_patterns('events.out.*', 'export'))
+  """A copy of the reference workdir as it was after `keep_up_to` steps (later checkpoints and logs removed),
+  without its run record: the tests resume it without the reference's validation settings."""
+  ignore = shutil.ignore_patterns('events.out.*', 'export', workdir_lib.RUN_FILE)
+  shutil.copytree(reference_dir, workdir, ignore=ignore)
   for step in range(keep_up_to + 1, STEPS + 1):
     shutil.rmtree(os.path.join(workdir, 'checkpoints', str(step)), ignore_errors=True)
 
@@ -164,41 +168,49 @@ def subprocess_env() -> dict:
   return env
 
 
-def test_sigkill_and_restart_reproduce_the_uninterrupted_run_exactly(corpus, tmp_path):
+def run_until_killed(values: dict, workdir: str, steps: int, kill_after: int) -> int:
+  """Starts the run and SIGKILLs it once a checkpoint of step >= kill_after exists; returns the latest step then."""
+  process = subprocess.Popen(run_command(values, workdir, steps), env=subprocess_env(), cwd=ROOT,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  checkpoints = os.path.join(workdir, 'checkpoints')
+  saved = lambda: [int(d) for d in os.listdir(checkpoints) if d.isdigit()] if os.path.isdir(checkpoints) else []
+  deadline = time.time() + 300
+  while time.time() < deadline and process.poll() is None and max(saved(), default=0) < kill_after:
+    time.sleep(0.05)
+  assert process.poll() is None, f'the run ended before it could be killed after step {kill_after}'
+  process.send_signal(signal.SIGKILL)
+  process.wait()
+  return max(saved())
+
+
+def test_chained_sigkills_reproduce_the_uninterrupted_run_exactly(corpus, tmp_path):
+  """Killed three times at random steps (async checkpoints, possibly mid-write), resumed each time: the
+  losses, parameters, optimizer state and data order equal those of a run never interrupted."""
   shards, vocab = corpus
-  steps = 20
+  steps = 24
   values = overrides(shards, vocab, (1, 1, 1), 16)
   values['checkpoint.every_steps'] = 1
   straight, interrupted = str(tmp_path / 'straight'), str(tmp_path / 'interrupted')
   subprocess.run(run_command(values, straight, steps), env=subprocess_env(), check=True, cwd=ROOT,
                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
-  process = subprocess.Popen(run_command(values, interrupted, steps), env=subprocess_env(), cwd=ROOT,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-  deadline = time.time() + 300
-  checkpoints = os.path.join(interrupted, 'checkpoints')
-  while time.time() < deadline and process.poll() is None:
-    done = [int(d) for d in os.listdir(checkpoints) if d.isdigit()] if os.path.isdir(checkpoints) else []
-    if done and max(done) >= 10:
-      break
-    time.sleep(0.05)
-  assert process.poll() is None, 'the run ended before it could be killed'
-  process.send_signal(signal.SIGKILL)
-  process.wait()
-  killed_at = max(int(d) for d in os.listdir(checkpoints) if d.isdigit())
-  assert 10 <= killed_at < steps
+  kill_points = sorted(np.random.default_rng().choice(np.arange(3, steps - 2), size=3, replace=False).tolist())
+  killed_at = []
+  for kill_after in kill_points:
+    killed_at.append(run_until_killed(values, interrupted, steps, max(kill_after, max(killed_at, default=0) + 1)))
   subprocess.run(run_command(values, interrupted, steps), env=subprocess_env(), check=True, cwd=ROOT,
                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
+  context = f'killed after checkpoints {killed_at}'
   expected, resumed = losses(straight), losses(interrupted)
-  assert sorted(resumed) == list(range(1, steps + 1))
-  assert [resumed[s] for s in sorted(resumed)] == [expected[s] for s in sorted(expected)]
-  straight_params, straight_data = final_params(straight)
-  resumed_params, resumed_data = final_params(interrupted)
-  assert jax.tree.all(jax.tree.map(np.array_equal, straight_params, resumed_params))
-  # Same examples in the same order: none skipped, none seen twice.
-  assert resumed_data['ids_digest'] == straight_data['ids_digest']
-  assert resumed_data['examples_seen'] == straight_data['examples_seen'] == steps * 16
+  assert sorted(resumed) == list(range(1, steps + 1)), context
+  assert [resumed[s] for s in sorted(resumed)] == [expected[s] for s in sorted(expected)], context
+  straight_state, straight_data = final_state(straight)
+  resumed_state, resumed_data = final_state(interrupted)
+  assert jax.tree.all(jax.tree.map(np.array_equal, straight_state, resumed_state)), context
+  # The whole iterator state, the shuffle window's position included: same examples in the same order.
+  assert resumed_data == straight_data, context
+  assert resumed_data['examples_seen'] == steps * 16
 
 
 def test_two_processes_train_together_like_two_hosts(corpus, tmp_path):
@@ -227,3 +239,70 @@ def test_two_processes_train_together_like_two_hosts(corpus, tmp_path):
   # Each process consumed its half of every global batch of 16, from its own shards.
   assert [s['examples_seen'] for s in states] == [steps * 8, steps * 8]
   assert states[0]['ids_digest'] != states[1]['ids_digest']
+
+
+@pytest.mark.parametrize('key, value', [('batch_size', 32), ('optim.learning_rate', 1e-3),
+                                        ('tasks.weights.mlm', 5.0)])
+def test_a_workdir_resumed_with_other_settings_is_refused_unless_asked(corpus, tmp_path, key, value):
+  shards, vocab = corpus
+  values = overrides(shards, vocab, (1, 1, 1), 16)
+  loop.pretrain(make_config(values, steps=2), str(tmp_path))
+  changed = make_config({**values, key: value}, steps=4)
+  with pytest.raises(ValueError, match=f'started with other settings .*{key}: .* -> {value!r}.*--allow_config_change'):
+    loop.pretrain(changed, str(tmp_path))
+  loop.pretrain(changed, str(tmp_path), allow_config_change=True)
+  assert sorted(losses(str(tmp_path))) == [1, 2, 3, 4]
+  with open(os.path.join(tmp_path, workdir_lib.RUN_FILE)) as f:
+    recorded = json.load(f)['changes']
+  assert [sorted(c['changes']) for c in recorded] == [sorted({key, 'optim.total_steps'})]
+
+
+def test_finetuning_refuses_a_pretraining_workdir(corpus, reference):
+  shards, vocab = corpus
+  config = finetune_config.get_config('prompt,model=tiny,mesh=cpu,steps=2')
+  config.data.update(train=shards)
+  config.data.tokenizer.path = vocab
+  before = open(os.path.join(reference[0], 'config.json')).read()
+  with pytest.raises(ValueError, match='holds a pretrain run.*a finetune run needs a workdir of its own'):
+    finetuning.finetune(config, reference[0])
+  assert open(os.path.join(reference[0], 'config.json')).read() == before
+
+
+def damage(path: str) -> None:
+  """What a full disk or a bad copy leaves: the file cut to half its length."""
+  with open(path, 'r+b') as f:
+    f.truncate(os.path.getsize(path) // 2)
+
+
+def largest_file(folder: str) -> str:
+  files = [os.path.join(d, f) for d, _, names in os.walk(folder) for f in names]
+  return max(files, key=os.path.getsize)
+
+
+def test_a_damaged_latest_checkpoint_falls_back_to_the_intact_one_before_it(corpus, reference, tmp_path):
+  shards, vocab = corpus
+  expected = losses(reference[0])
+  for what in ('state', 'data'):
+    workdir = str(tmp_path / what)
+    resume_copy(reference[0], workdir, 6)
+    damage(largest_file(os.path.join(workdir, 'checkpoints', '6', what)))
+    loop.pretrain(make_config(overrides(shards, vocab, (4, 2, 1), 2)), workdir)
+    resumed = losses(workdir)
+    np.testing.assert_allclose([resumed[s] for s in (5, 6, 7, 8)], [expected[s] for s in (5, 6, 7, 8)], atol=1e-5,
+                               rtol=0, err_msg=what)
+    # Nothing is deleted: the damaged checkpoint is kept aside, and step 6 was saved again.
+    assert os.path.isdir(os.path.join(workdir, 'checkpoints', f'6{checkpointing.DAMAGED_SUFFIX}'))
+    assert checkpointing.Checkpointer(os.path.join(workdir, 'checkpoints'), every_steps=2, keep=10).latest_step() == 8
+
+
+def test_a_garbage_iterator_state_is_an_error_naming_the_file(corpus, reference, tmp_path):
+  shards, vocab = corpus
+  workdir = str(tmp_path / 'garbage')
+  resume_copy(reference[0], workdir, 2)
+  checkpoints = os.path.join(workdir, 'checkpoints')
+  for step in os.listdir(checkpoints):  # every checkpoint there is (orbax also keeps the first step)
+    with open(os.path.join(checkpoints, step, 'data', 'process_0-of-1.json'), 'w') as f:
+      f.write('{"parent": "not a state"')
+  data_file = os.path.join(checkpoints, '2', 'data', 'process_0-of-1.json')
+  with pytest.raises(ValueError, match=f'no checkpoint .* reads back:\\s+{data_file}: not a data-iterator state'):
+    loop.pretrain(make_config(overrides(shards, vocab, (4, 2, 1), 2)), workdir)

@@ -16,7 +16,7 @@ import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from data_prep import acoustic_features
+from data_prep import acoustic_features, manifest
 
 # The four classes of IEMOCAP / MSP-IMPROV, named by their verbalizer words (spec section 4).
 EMOTIONS = ('anger', 'happy', 'neutral', 'sad')
@@ -148,15 +148,46 @@ def write_manifest(records: Iterable[dict], path: str | os.PathLike) -> int:
       if rec['id'] in seen:
         raise ValueError(f'duplicate utterance id {rec["id"]!r} in manifest {path}')
       seen.add(rec['id'])
+      _check_text(rec, path)
       f.write(json.dumps({k: rec[k] for k in MANIFEST_KEYS}, ensure_ascii=False) + '\n')
       count += 1
   return count
 
 
+def _check_text(rec: dict, path: Path) -> None:
+  """Refuses a string UTF-8 cannot store (a lone surrogate), naming the record, before its line is written."""
+  for key in MANIFEST_KEYS:
+    problem = manifest.lone_surrogate_message(key, rec[key]) if isinstance(rec[key], str) else None
+    if problem:
+      raise ValueError(f'{path}: utterance {ascii(rec["id"])}: {problem}')
+
+
+def read_text(path: str | os.PathLike) -> str:
+  """A corpus's text file, decoded strictly: bytes that are not UTF-8 are an error naming the file and line,
+  never replaced."""
+  raw = Path(path).read_bytes()
+  try:
+    return raw.decode('utf-8')
+  except UnicodeDecodeError as e:
+    line = raw.count(b'\n', 0, e.start) + 1
+    raise ValueError(f'{path}:{line}: bytes are not UTF-8 (0x{raw[e.start]:02x}: {e.reason}); convert the file to '
+                     f'UTF-8 (e.g. iconv -f latin1 -t utf-8)') from None
+
+
 def read_manifest(path: str | os.PathLike) -> list[dict]:
-  """The records of a JSONL manifest (no validation: data_prep/manifest.py does that)."""
-  with open(path, encoding='utf-8') as f:
-    return [json.loads(line) for line in f if line.strip()]
+  """The records of a JSONL manifest (no validation: data_prep/manifest.py does that); a bad line is named."""
+  records = []
+  with open(path, 'rb') as f:  # decoded line by line, so that bytes that are not UTF-8 name their line
+    for line, raw in enumerate(f, start=1):
+      try:
+        text = raw.decode('utf-8')
+        if text.strip():
+          records.append(json.loads(text))
+      except UnicodeDecodeError as e:
+        raise ValueError(f'{path}:{line}: {manifest.not_utf8_message(e)}') from None
+      except json.JSONDecodeError as e:
+        raise ValueError(f'{path}:{line}: invalid JSON ({e})') from None
+  return records
 
 
 def add_feature_flags(parser: argparse.ArgumentParser) -> None:

@@ -55,7 +55,7 @@ def read_labels(root: Path, sessions: Sequence[int]) -> dict[str, str]:
     if not files:
       raise FileNotFoundError(f'no evaluation files in {directory} (is --root the IEMOCAP release folder?)')
     for path in files:
-      for line in path.read_text(encoding='utf-8', errors='replace').splitlines():
+      for line in common.read_text(path).splitlines():
         match = _EVALUATION_LINE.match(line)
         if match:
           labels[match.group(3)] = match.group(4)
@@ -68,7 +68,7 @@ def read_transcripts(root: Path, sessions: Sequence[int]) -> dict[str, str]:
   for session in sessions:
     directory = root / f'Session{session}' / 'dialog' / 'transcriptions'
     for path in _text_files(directory):
-      for line in path.read_text(encoding='utf-8', errors='replace').splitlines():
+      for line in common.read_text(path).splitlines():
         match = _TRANSCRIPT_LINE.match(line.strip())
         if match and _UTTERANCE_ID.match(match.group(1)):
           texts[match.group(1)] = match.group(2).strip()

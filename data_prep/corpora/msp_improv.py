@@ -65,27 +65,26 @@ def parse_evaluation(path: str | Path) -> list[Evaluation]:
   """The consensus lines of an MSP-IMPROV evaluation file (see the module doc for the format)."""
   evaluations, seen = [], {}
   in_block = False
-  with open(path, encoding='utf-8', errors='replace') as f:
-    for number, line in enumerate(f, 1):
-      line = line.strip()
-      if not line:
-        in_block = False
-        continue
-      if _HEADER_START.match(line):
-        match = _HEADER.match(line)
-        if not match:
-          raise ValueError(f'{path}:{number}: expected "<UTD-IMPROV-name>.avi; <label>; A:..; V:..; ...", '
-                           f'got {line!r}')
-        sentence, gender, session, kind, turn, label = match.groups()[:6]
-        uid = f'MSP-IMPROV-{sentence}-{gender}{session}-{kind}-{turn}'
-        if uid in seen:
-          raise ValueError(f'{path}:{number}: {uid} already evaluated on line {seen[uid]}')
-        seen[uid] = number
-        session = str(int(session))
-        evaluations.append(Evaluation(uid, sentence, session, session + gender, kind, label.upper()))
-        in_block = True
-      elif not in_block:
-        raise ValueError(f'{path}:{number}: rater line outside an utterance block: {line!r}')
+  for number, line in enumerate(common.read_text(path).splitlines(), 1):
+    line = line.strip()
+    if not line:
+      in_block = False
+      continue
+    if _HEADER_START.match(line):
+      match = _HEADER.match(line)
+      if not match:
+        raise ValueError(f'{path}:{number}: expected "<UTD-IMPROV-name>.avi; <label>; A:..; V:..; ...", '
+                         f'got {line!r}')
+      sentence, gender, session, kind, turn, label = match.groups()[:6]
+      uid = f'MSP-IMPROV-{sentence}-{gender}{session}-{kind}-{turn}'
+      if uid in seen:
+        raise ValueError(f'{path}:{number}: {uid} already evaluated on line {seen[uid]}')
+      seen[uid] = number
+      session = str(int(session))
+      evaluations.append(Evaluation(uid, sentence, session, session + gender, kind, label.upper()))
+      in_block = True
+    elif not in_block:
+      raise ValueError(f'{path}:{number}: rater line outside an utterance block: {line!r}')
   if not evaluations:
     raise ValueError(f'{path}: no utterance blocks found (is this the MSP-IMPROV Evalution.txt?)')
   return evaluations
@@ -141,7 +140,7 @@ def build_manifest(evaluation_file: str | Path, output: str | Path, transcript_d
         else:
           no_text.append(ev.uid)
         continue
-      text = ' '.join(path.read_text(encoding='utf-8', errors='replace').split())
+      text = ' '.join(common.read_text(path).split())
     wav = audio.get(_key(ev.uid))
     records.append(common.record(ev.uid, text, label=label, speaker=ev.speaker, session=ev.session))
     fields.append(dict(id=ev.uid, session=ev.session, sentence=ev.sentence))

@@ -15,13 +15,12 @@ import dataclasses
 import os
 from collections.abc import Iterator, Sequence
 
-import grain
 import numpy as np
 from ml_collections import ConfigDict
 
 from memobert_jax import tokenizer as tokenizer_lib
 from memobert_jax.data import folds as folds_lib, normalization, prompt as prompt_lib, schema
-from memobert_jax.data.pipeline import Padder, open_source, special_ids
+from memobert_jax.data.pipeline import Padder, ShardRecords, open_source, special_ids
 
 MODES = ('prompt', 'prompt_cm', 'cls')
 MODALITY_LETTERS = {'L': 'text', 'V': 'visual', 'A': 'acoustic'}
@@ -45,6 +44,14 @@ def check_modalities(subset: str) -> str:
   return subset
 
 
+def _decoded(record: bytes, metadata: schema.DatasetMetadata, file: str, index: int) -> dict:
+  try:
+    return schema.decode_example(record, metadata)
+  except Exception as e:  # grain checks no CRC: a damaged record fails in any of the parser's ways
+    raise ValueError(f'{file}: record {index} does not decode ({type(e).__name__}: {e}): check the dataset with '
+                     f'python -m data_prep.verify {os.path.dirname(file)}') from e
+
+
 def load_utterances(path: str, splits: Sequence[str], model_cfg: ConfigDict, data_cfg: ConfigDict,
                     tokenizer: tokenizer_lib.Tokenizer) -> tuple[list[Utterance], list[str]]:
   """Every labelled utterance of the given splits; returns them and the dataset's label names."""
@@ -54,11 +61,12 @@ def load_utterances(path: str, splits: Sequence[str], model_cfg: ConfigDict, dat
   for split in splits:
     if split not in metadata.splits:
       raise ValueError(f'{path} has no split {split!r}; it has {sorted(metadata.splits)}')
-    for file in metadata.splits[split].files:
-      for record in grain.experimental.TFRecordIterDataset(os.path.join(path, file)):
-        example = schema.decode_example(record, metadata)
+    for shard in metadata.splits[split].shards:
+      file = os.path.join(path, shard.file)
+      for index, record in enumerate(ShardRecords(file, shard.num_bytes)):
+        example = _decoded(record, metadata, file, index)
         if example['label'] == schema.UNLABELLED:
-          raise ValueError(f'{path}/{file}: utterance {example["id"]} has no label; finetuning needs labels')
+          raise ValueError(f'{file}: utterance {example["id"]} has no label; finetuning needs labels')
         utterances.append(Utterance(
             id=example['id'], words=tuple(tuple(w) for w in tokenizer.encode_words(example['text'])),
             label=int(example['label']), speaker=example['speaker'], session=example['session'], split=split,
@@ -103,7 +111,8 @@ class FinetuneBatcher:
     words = list(config.finetune.label_words) or list(label_names)
     if len(words) != len(label_names):
       raise ValueError(f'finetune.label_words {words} must give one word per class {list(label_names)}')
-    self.verbalizer = prompt_lib.Verbalizer.from_words(words, tokenizer.encode_words)
+    self.verbalizer = prompt_lib.Verbalizer.from_words(words, tokenizer.encode_words,
+                                                       vocabulary=config.data.tokenizer.path)
     prompt_lib.check_template(config.finetune.template)
     self.template = prompt_lib.tokenize_template(config.finetune.template, tokenizer.encode_words)
 

@@ -67,12 +67,15 @@ class MlmExample:
     weights: float32[P], 1 for a real target, 0 for padding.
     num_skipped_words: selected words (tokens for the token-level variant) left uncorrupted because their
       sub-tokens would not fit into `max_predictions`.
+    num_capped_words: 1 if no word fitted and the forced word was masked in part (its first
+      `max_predictions` sub-tokens), else 0.
   """
   ids: np.ndarray
   positions: np.ndarray
   targets: np.ndarray
   weights: np.ndarray
   num_skipped_words: int
+  num_capped_words: int = 0
 
 
 def mask_words(ids: np.ndarray, word_ids: np.ndarray, special: SpecialIds, rng: np.random.Generator, *,
@@ -90,7 +93,9 @@ def mask_words(ids: np.ndarray, word_ids: np.ndarray, special: SpecialIds, rng: 
   Cap: if the selected units hold more than `max_predictions` sub-tokens, they are visited in a random order and
   a unit is kept only if its sub-tokens still fit; the others are left uncorrupted and are not targets (so input
   and targets stay consistent) and are counted in `num_skipped_words`. Nothing is silently truncated.
-  If no unit ends up selected, one unit that fits the cap is chosen uniformly and selected.
+  If no unit ends up selected, one unit that fits the cap is chosen uniformly and selected; if none fits (one
+  long word, such as a drawn-out interjection in real subtitles), one unit is chosen uniformly and only its first
+  `max_predictions` sub-tokens are corrupted and targets, counted in `num_capped_words`.
 
   Args:
     ids: int[T] token ids, [CLS] first and [SEP] last.
@@ -107,7 +112,7 @@ def mask_words(ids: np.ndarray, word_ids: np.ndarray, special: SpecialIds, rng: 
     The corrupted ids and P-sized targets.
 
   Raises:
-    ValueError: if the text has no word (only special tokens), or no word fits in `max_predictions`.
+    ValueError: if the text has no word (only special tokens).
   """
   ids = np.asarray(ids)
   word_ids = np.asarray(word_ids)
@@ -132,13 +137,16 @@ def mask_words(ids: np.ndarray, word_ids: np.ndarray, special: SpecialIds, rng: 
   num_skipped = 0
   if pieces[selected].sum() > max_predictions:
     selected, num_skipped = _fit_to_cap(selected, pieces, max_predictions, rng)
+  num_capped = 0
   if not selected.any():
     fits = np.flatnonzero(present & (pieces <= max_predictions))
-    if fits.size == 0:
-      raise ValueError(f'no word of this text fits in max_predictions={max_predictions} sub-tokens')
-    selected[fits[rng.integers(fits.size)]] = True
+    num_capped = int(fits.size == 0)
+    choices = fits if fits.size else np.flatnonzero(present)
+    selected[choices[rng.integers(choices.size)]] = True
 
   is_target = selected[token_unit]
+  if num_capped:
+    is_target &= np.cumsum(is_target) <= max_predictions
   positions = token_pos[is_target]
   action = draws[1, token_unit[is_target]]
   out = ids.astype(np.int32)  # a copy: the input is never modified
@@ -154,7 +162,7 @@ def mask_words(ids: np.ndarray, word_ids: np.ndarray, special: SpecialIds, rng: 
   targets[:num_targets] = ids[positions]
   weights = np.zeros(max_predictions, np.float32)
   weights[:num_targets] = 1.0
-  return MlmExample(out, padded_positions, targets, weights, num_skipped)
+  return MlmExample(out, padded_positions, targets, weights, num_skipped, num_capped)
 
 
 def _fit_to_cap(selected: np.ndarray, pieces: np.ndarray, cap: int,

@@ -14,6 +14,7 @@ from generators seeded by (seed, s); together with grain's checkpointable
 iterator state this makes a resumed run see exactly the batches it would have seen.
 """
 
+import collections
 import dataclasses
 import hashlib
 import os
@@ -25,7 +26,7 @@ import numpy as np
 from ml_collections import ConfigDict
 
 from memobert_jax import tokenizer as tokenizer_lib
-from memobert_jax.data import masking, normalization, schema
+from memobert_jax.data import masking, normalization, schema, window_shuffle
 
 FRAME_TASKS = {'visual_regression': 'visual', 'visual_kl': 'visual', 'acoustic_regression': 'acoustic'}
 
@@ -178,8 +179,9 @@ class Padder:
       batch[f'{name}_mask'] = np.zeros((n, length), bool)
       batch[f'{name}_masked'] = np.zeros((n, length), bool)
       for i, f in enumerate(frames):
-        batch[name][i, :len(f)] = f
-        batch[f'{name}_mask'][i, :len(f)] = True
+        if len(f):  # no frames may come as [0, 0] (a corpus without the modality) whatever the model's dimension
+          batch[name][i, :len(f)] = f
+          batch[f'{name}_mask'][i, :len(f)] = True
     return batch
 
 
@@ -192,10 +194,11 @@ class BatchBuilder:
     self.special = special_ids(tokenizer)
     self.pad_inputs = Padder(config.data, config.model, tokenizer.pad_id)
 
-  def build(self, task: str, examples: Sequence[Prepared], micro_batches: int,
-            rng: np.random.Generator) -> dict[str, np.ndarray]:
+  def build(self, task: str, examples: Sequence[Prepared], micro_batches: int, rng: np.random.Generator,
+            counts: collections.Counter | None = None) -> dict[str, np.ndarray]:
+    """The step's [A, b, ...] arrays; `counts` (if given) adds up what the corruption had to adapt."""
     if task == 'mlm':
-      batch = self._mlm(examples, rng)
+      batch = self._mlm(examples, rng, collections.Counter() if counts is None else counts)
     elif task == 'itm':
       batch = self._matching(examples, rng)
     elif task in FRAME_TASKS:
@@ -204,10 +207,12 @@ class BatchBuilder:
       raise ValueError(f'unknown pretraining task {task!r}')
     return {k: v.reshape(micro_batches, len(examples) // micro_batches, *v.shape[1:]) for k, v in batch.items()}
 
-  def _mlm(self, examples: Sequence[Prepared], rng: np.random.Generator) -> dict[str, np.ndarray]:
+  def _mlm(self, examples: Sequence[Prepared], rng: np.random.Generator,
+           counts: collections.Counter) -> dict[str, np.ndarray]:
     masked = [masking.mask_words(e.ids, e.word_ids, self.special, rng, max_predictions=self.data.mlm_max_predictions,
                                  mask_prob=self.tasks.mlm_probability, whole_word=self.tasks.whole_word_masking)
               for e in examples]
+    counts['mlm_capped_words'] += sum(m.num_capped_words for m in masked)
     batch = self.pad_inputs([m.ids for m in masked], [e.visual for e in examples], [e.acoustic for e in examples])
     batch['mlm_positions'] = np.stack([m.positions for m in masked])
     batch['mlm_targets'] = np.stack([m.targets for m in masked])
@@ -276,6 +281,7 @@ class _TaskBatchIterator(grain.DatasetIterator):
     self._dataset = dataset
     self._step = 0
     self.dropped_long_text = 0
+    self.counts = collections.Counter()  # what the corruption adapted (see BatchBuilder.build)
     # Order-sensitive digest of every example id consumed: equal digests mean no example was skipped,
     # repeated or reordered (a resumed run is checked against an uninterrupted one this way).
     self.examples_seen = 0
@@ -297,7 +303,8 @@ class _TaskBatchIterator(grain.DatasetIterator):
       if dropped_in_a_row > _MAX_DROPPED_IN_A_ROW:
         raise ValueError(f'{dropped_in_a_row} examples in a row are longer than data.max_text_tokens='
                          f'{ds.builder.data.max_text_tokens} word-pieces and were dropped: raise the cap')
-    batch = ds.builder.build(task, examples, ds.micro_batches, np.random.default_rng([ds.seed, self._step, 1]))
+    batch = ds.builder.build(task, examples, ds.micro_batches, np.random.default_rng([ds.seed, self._step, 1]),
+                             self.counts)
     self._step += 1
     digest = hashlib.sha256(self.ids_digest.encode())
     for example in examples:
@@ -308,7 +315,8 @@ class _TaskBatchIterator(grain.DatasetIterator):
 
   def get_state(self) -> dict:
     return {'parent': self._parent.get_state(), 'step': self._step, 'dropped_long_text': self.dropped_long_text,
-            'examples_seen': self.examples_seen, 'ids_digest': self.ids_digest}
+            'examples_seen': self.examples_seen, 'ids_digest': self.ids_digest,
+            'mlm_capped_words': self.counts['mlm_capped_words']}
 
   def set_state(self, state: dict) -> None:
     self._parent.set_state(state['parent'])
@@ -316,6 +324,7 @@ class _TaskBatchIterator(grain.DatasetIterator):
     self.dropped_long_text = state['dropped_long_text']
     self.examples_seen = state['examples_seen']
     self.ids_digest = state['ids_digest']
+    self.counts = collections.Counter(mlm_capped_words=state.get('mlm_capped_words', 0))  # absent before it existed
 
 
 class TaskBatchDataset(grain.IterDataset):
@@ -334,22 +343,90 @@ class TaskBatchDataset(grain.IterDataset):
     return _TaskBatchIterator(self._parent.__iter__(), self)
 
 
+_TFRECORD_FRAMING = 12 + 4  # uint64 length + uint32 CRC of it, then the data and its uint32 CRC
+
+
+def _first_broken_record(path: str) -> tuple[int, int] | None:
+  """(index, byte offset) of the first record whose length field runs past the end of the file, as grain reads it."""
+  size, index, offset = os.path.getsize(path), 0, 0
+  with open(path, 'rb') as f:
+    while offset < size:
+      f.seek(offset)
+      end = offset + _TFRECORD_FRAMING + int.from_bytes(f.read(8), 'little')  # a short read: end > size too
+      if end > size:
+        return index, offset
+      index, offset = index + 1, end
+  return None
+
+
+class _ShardRecordIterator(grain.DatasetIterator):
+  """grain's TFRecord iterator (its state unchanged), whose framing errors name the file and the record."""
+
+  def __init__(self, parent: grain.DatasetIterator, path: str):
+    super().__init__(parent)
+    self._path = path
+
+  def __next__(self) -> bytes:
+    try:
+      return next(self._parent)
+    # grain says "Not a valid TFRecord" with a hex dump of the rest of the file, or cannot allocate a corrupt length.
+    except (ValueError, MemoryError, OverflowError):
+      broken = _first_broken_record(self._path)
+      if broken is None:
+        raise
+      raise ValueError(f'{self._path}: record {broken[0]} (offset {broken[1]}) runs past the end of the file '
+                       f'(truncated or corrupted shard): check the dataset with python -m data_prep.verify '
+                       f'{os.path.dirname(self._path)} and rewrite it') from None  # the hex dump adds nothing
+
+  def get_state(self) -> dict:
+    return self._parent.get_state()
+
+  def set_state(self, state: dict) -> None:
+    self._parent.set_state(state)
+
+
+class ShardRecords(grain.IterDataset):
+  """The records of one TFRecord shard, read by grain, with errors that name the shard.
+
+  grain checks no CRC (data_prep.verify does) and ends quietly at a record boundary, so the file size is first
+  checked against metadata.json: a shard cut between two records is an error, not fewer examples.
+  """
+
+  def __init__(self, path: str, num_bytes: int):
+    super().__init__()
+    self.path = path
+    self.num_bytes = num_bytes
+
+  def __iter__(self) -> _ShardRecordIterator:
+    size = os.path.getsize(self.path)
+    if size != self.num_bytes:
+      raise ValueError(f'{self.path}: {size} bytes, metadata.json says {self.num_bytes} (truncated or replaced '
+                       f'shard): check the dataset with python -m data_prep.verify {os.path.dirname(self.path)} '
+                       'and rewrite it')
+    return _ShardRecordIterator(grain.experimental.TFRecordIterDataset(self.path).__iter__(), self.path)
+
+
+def shard_records(source: Source, split: str, process_index: int, process_count: int) -> list[ShardRecords]:
+  """This process's shards of a split (`shard_files`), each read with the size metadata.json records for it."""
+  paths = shard_files(source, split, process_index, process_count)
+  num_bytes = {os.path.join(source.path, s.file): s.num_bytes for s in source.metadata.splits[split].shards}
+  return [ShardRecords(path, num_bytes[path]) for path in paths]
+
+
 def example_dataset(sources: Sequence[Source], split: str, data_cfg: ConfigDict, tokenizer: tokenizer_lib.Tokenizer,
                     *, seed: int, shuffle: bool, repeat: bool, process_index: int,
                     process_count: int) -> grain.IterDataset:
   """Prepared examples (or None for a dropped one) from one or several datasets, mixed by weight."""
   streams = []
   for i, source in enumerate(sources):
-    files = grain.MapDataset.source(shard_files(source, split, process_index, process_count))
+    files = grain.MapDataset.source(shard_records(source, split, process_index, process_count))
     if shuffle:
       files = files.shuffle(seed=seed + i)
     if repeat:
       files = files.repeat(None)
-    records = grain.experimental.InterleaveIterDataset(
-        files.map(grain.experimental.TFRecordIterDataset), cycle_length=data_cfg.interleave_shards)
+    records = grain.experimental.InterleaveIterDataset(files, cycle_length=data_cfg.interleave_shards)
     if shuffle:
-      records = grain.experimental.WindowShuffleIterDataset(records, window_size=data_cfg.shuffle_window,
-                                                            seed=seed + i)
+      records = window_shuffle.WindowShuffleIterDataset(records, window_size=data_cfg.shuffle_window, seed=seed + i)
     stats = feature_stats(source, split, data_cfg)
     streams.append(records.map(Preparer(data_cfg, tokenizer, source.metadata, stats)))
   if len(streams) == 1:
@@ -369,13 +446,10 @@ def pretraining_dataset(config: ConfigDict, tokenizer: tokenizer_lib.Tokenizer, 
                      '(data.text_buckets, data.visual_buckets, data.acoustic_buckets)')
   if config.tasks.weights.get('itm', 0) > 0 and not config.model.itm_head:
     raise ValueError('the itm task needs the matching head: set --config.model.itm_head=True')
-  for task, modality in FRAME_TASKS.items():
-    if config.tasks.weights[task] > 0 and modality[0].upper() not in config.data.modalities:
-      raise ValueError(f'task {task} needs {modality} frames, which data.modalities={config.data.modalities!r} '
-                       f'leaves out: set --config.tasks.weights.{task}=0')
   if micro_batch_size % process_count:
     raise ValueError(f'micro-batch of {micro_batch_size} examples does not split over {process_count} processes')
   sources = [open_source(p, w, config.model) for p, w in parse_sources(config.data.train)]
+  check_frame_tasks(config, sources)
   examples = example_dataset(sources, split, config.data, tokenizer, seed=config.seed, shuffle=True, repeat=True,
                              process_index=process_index, process_count=process_count)
   batches = TaskBatchDataset(examples, BatchBuilder(config, tokenizer), task_schedule(config.tasks.weights),
@@ -384,6 +458,22 @@ def pretraining_dataset(config: ConfigDict, tokenizer: tokenizer_lib.Tokenizer, 
   if config.data.prefetch_batches:
     return grain.experimental.ThreadPrefetchIterDataset(batches, prefetch_buffer_size=config.data.prefetch_batches)
   return batches
+
+
+def check_frame_tasks(config: ConfigDict, sources: Sequence[Source]) -> None:
+  """Refuses a frame task that would never see a frame: the modality left out, absent from the model or the data."""
+  for task, modality in FRAME_TASKS.items():
+    if config.tasks.weights[task] <= 0:
+      continue
+    if modality[0].upper() not in config.data.modalities:
+      reason = f'data.modalities={config.data.modalities!r} leaves them out'
+    elif not config.model[f'{modality}_dim']:
+      reason = f'the model has none (model.{modality}_dim=0)'
+    elif all(getattr(s.metadata, f'{modality}_dim') is None for s in sources):
+      reason = f'no example of {config.data.train} has any'
+    else:
+      continue
+    raise ValueError(f'task {task} needs {modality} frames and {reason}: set --config.tasks.weights.{task}=0')
 
 
 def validation_batches(config: ConfigDict, tokenizer: tokenizer_lib.Tokenizer, *,

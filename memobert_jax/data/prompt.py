@@ -14,6 +14,7 @@ import numpy as np
 from memobert_jax.data.masking import SpecialIds
 
 MASK_TOKEN = '[MASK]'
+UNKNOWN_TOKEN = '[UNK]'
 TEMPLATES = ('I am [MASK] .', 'It was [MASK] .', 'He is [MASK] .')
 DEFAULT_TEMPLATE = TEMPLATES[0]
 _SENTENCE_ENDS = ('.', '?', '!')
@@ -197,13 +198,23 @@ class Verbalizer:
       raise ValueError(f'label word ids must be distinct, got {self.ids}')
 
   @classmethod
-  def from_words(cls, words: Sequence[str], encode_words: EncodeWords) -> 'Verbalizer':
-    """Looks the label words up with the tokenizer; each must be a single word-piece."""
+  def from_words(cls, words: Sequence[str], encode_words: EncodeWords, *,
+                 vocabulary: str = 'the vocabulary') -> 'Verbalizer':
+    """Looks the label words up with the tokenizer; each must be a single word-piece other than [UNK].
+
+    `vocabulary` names the tokenizer's vocabulary file in the error.
+    """
+    unknown = encode_words(UNKNOWN_TOKEN)  # the tokenizers read a special token written in the text
+    hint = (f'give one single-token word per class, in this order: --config.finetune.label_words="{tuple(words)!r}" '
+            f'with the word replaced')
     ids = []
     for word in words:
       encoded = encode_words(word)
+      if encoded == unknown:
+        raise ValueError(f'label word {word!r} is not in {vocabulary} (it would be read as {UNKNOWN_TOKEN}); {hint}')
       if len(encoded) != 1 or len(encoded[0]) != 1:
-        raise ValueError(f'label word {word!r} is not a single vocabulary token: {encoded}')
+        raise ValueError(f'label word {word!r} is not a single vocabulary token ({vocabulary} splits it into '
+                         f'{encoded}); {hint}')
       ids.append(int(encoded[0][0]))
     return cls(tuple(words), tuple(ids))
 

@@ -22,6 +22,7 @@ descriptor pool holding the wire-compatible `tensorflow.Example` messages), so
 neither writing nor reading an example needs TensorFlow.
 """
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -170,9 +171,14 @@ class DatasetMetadata:
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
   """Writes through a temporary file in the same folder, so readers never see a partial file."""
   tmp = f'{path}.tmp-{os.getpid()}'
-  with open(tmp, 'w', encoding='utf-8') as f:
-    f.write(text)
-  os.replace(tmp, path)
+  try:
+    with open(tmp, 'w', encoding='utf-8') as f:
+      f.write(text)
+    os.replace(tmp, path)
+  except BaseException:  # a failed or interrupted write leaves no temporary file behind
+    with contextlib.suppress(FileNotFoundError):
+      os.remove(tmp)
+    raise
 
 
 def _frames_bytes(array: np.ndarray | None, dtype: np.dtype, name: str) -> tuple[bytes, int]:

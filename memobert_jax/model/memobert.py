@@ -6,6 +6,7 @@ A batch is a dict of arrays (B = batch, Lt/Lv/La = padded lengths):
   acoustic [B, La, Da], acoustic_mask [B, La] bool, acoustic_masked [B, La] bool (optional)
 `*_mask` marks valid (non-padding) positions; `*_masked` marks frames replaced by the
 mask vector. A missing modality (its keys absent, or Lv = 0) is simply not attended to.
+A modality of dimension 0 in the config (a corpus without it) has no parameters at all.
 """
 
 from typing import NamedTuple
@@ -20,9 +21,6 @@ from memobert_jax.model.encoder import HIDDEN_AXES, Encoder
 from memobert_jax.model.heads import ClassificationHead, FrameRegressionHead, MLMHead, Pooler
 from memobert_jax.model.layers import Dense, normal_param
 from memobert_jax.model.sharding import constrain
-
-MODALITIES = ('visual', 'acoustic')
-
 
 class Encoded(NamedTuple):
   hidden: jax.Array  # [B, Lt + Lv + La, H]
@@ -51,8 +49,22 @@ def _frames(batch: dict, name: str, feature_dim: int, batch_size: int, dtype) ->
   if frames.shape[-1] != feature_dim:
     raise ValueError(f'{name} features have dimension {frames.shape[-1]}, the model expects {feature_dim} '
                      f'(model.{name}_dim)')
+  if feature_dim == 0 and frames.shape[1]:
+    raise ValueError(f'{frames.shape[1]} {name} frames given to a model without {name} inputs (model.{name}_dim=0)')
   mask = batch[f'{name}_mask']
   return frames, mask, batch.get(f'{name}_masked', jnp.zeros_like(mask))
+
+
+# The parameters that exist only for a modality (absent from a model whose dimension for it is 0).
+MODALITY_MODULES = {
+    'visual': ('visual_embeddings/', 'visual_regression_head/', 'visual_classification_head/'),
+    'acoustic': ('acoustic_embeddings/', 'acoustic_type', 'acoustic_regression_head/'),
+}
+
+
+def absent_modality_parameters(cfg) -> tuple[str, ...]:
+  """Path prefixes of the parameters this config's model lacks (a full checkpoint loads into it without them)."""
+  return tuple(p for m, prefixes in MODALITY_MODULES.items() if not cfg[f'{m}_dim'] for p in prefixes)
 
 
 class MEmoBERT(nnx.Module):
@@ -64,17 +76,21 @@ class MEmoBERT(nnx.Module):
     # A tuple, not a dict: module attributes that are not arrays must be hashable.
     self.max_lengths = (cfg.max_text_positions, cfg.max_visual_positions, cfg.max_acoustic_positions)
     self.text_embeddings = TextEmbeddings(cfg, rngs=rngs)
-    self.visual_embeddings = FrameEmbeddings(cfg, cfg.visual_dim, cfg.max_visual_positions, rngs=rngs)
-    self.acoustic_embeddings = FrameEmbeddings(cfg, cfg.acoustic_dim, cfg.max_acoustic_positions, rngs=rngs)
+    visual, acoustic = cfg.visual_dim > 0, cfg.acoustic_dim > 0
+    self.visual_embeddings = (FrameEmbeddings(cfg, cfg.visual_dim, cfg.max_visual_positions, rngs=rngs)
+                              if visual else None)
+    self.acoustic_embeddings = (FrameEmbeddings(cfg, cfg.acoustic_dim, cfg.max_acoustic_positions, rngs=rngs)
+                                if acoustic else None)
     # The acoustic modality gets a new type embedding; the visual one reuses BERT's segment-B row.
-    self.acoustic_type = normal_param(rngs, (cfg.hidden_size,), ('embed',), cfg.init_std,
-                                      jnp.dtype(cfg.param_dtype))
+    self.acoustic_type = (normal_param(rngs, (cfg.hidden_size,), ('embed',), cfg.init_std, jnp.dtype(cfg.param_dtype))
+                          if acoustic else None)
     self.encoder = Encoder(cfg, rngs=rngs)
     self.pooler = Pooler(cfg, rngs=rngs)
     self.mlm_head = MLMHead(cfg, rngs=rngs)
-    self.visual_regression_head = FrameRegressionHead(cfg, cfg.visual_dim, rngs=rngs)
-    self.visual_classification_head = ClassificationHead(cfg, cfg.hidden_size, cfg.num_visual_classes, rngs=rngs)
-    self.acoustic_regression_head = FrameRegressionHead(cfg, cfg.acoustic_dim, rngs=rngs)
+    self.visual_regression_head = FrameRegressionHead(cfg, cfg.visual_dim, rngs=rngs) if visual else None
+    self.visual_classification_head = (ClassificationHead(cfg, cfg.hidden_size, cfg.num_visual_classes, rngs=rngs)
+                                       if visual else None)
+    self.acoustic_regression_head = FrameRegressionHead(cfg, cfg.acoustic_dim, rngs=rngs) if acoustic else None
     self.cls_head = (ClassificationHead(cfg, 2 * cfg.hidden_size, cfg.num_classes, rngs=rngs)
                      if cfg.num_classes else None)
     # Text-to-frames matching (ITM): tried by the authors and dropped; kept for ablations.
@@ -97,12 +113,13 @@ class MEmoBERT(nnx.Module):
       # Beyond its position table a lookup would silently read NaN rows.
       if length > limit:
         raise ValueError(f'{name} length {length} exceeds model.max_{name}_positions={limit}')
-    segment_b = self.text_embeddings.token_type(jnp.ones((), jnp.int32))
-    x = jnp.concatenate([constrain(e, HIDDEN_AXES) for e in (
-        self.text_embeddings(text_ids, **mode),
-        self.visual_embeddings(visual, visual_masked, segment_b, **mode),
-        self.acoustic_embeddings(acoustic, acoustic_masked, self.acoustic_type[...], **mode),
-    )], axis=1)
+    embedded = [self.text_embeddings(text_ids, **mode)]
+    if self.visual_embeddings is not None:
+      segment_b = self.text_embeddings.token_type(jnp.ones((), jnp.int32))
+      embedded.append(self.visual_embeddings(visual, visual_masked, segment_b, **mode))
+    if self.acoustic_embeddings is not None:
+      embedded.append(self.acoustic_embeddings(acoustic, acoustic_masked, self.acoustic_type[...], **mode))
+    x = jnp.concatenate([constrain(e, HIDDEN_AXES) for e in embedded], axis=1)
     valid = jnp.concatenate([text_mask, visual_mask, acoustic_mask], axis=1).astype(bool)
     hidden = self.encoder(x, valid, **mode)
     return Encoded(hidden, valid, text_ids.shape[1], visual.shape[1])

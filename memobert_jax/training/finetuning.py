@@ -22,7 +22,7 @@ from memobert_jax import config_utils, evaluation, init_checkpoint, tokenizer as
 from memobert_jax.data import labelled, pipeline
 from memobert_jax.model.sharding import activation_rules
 from memobert_jax.training import loop, metrics as metrics_lib, optimizer as optimizer_lib, partitioning
-from memobert_jax.training import step as step_lib, tasks, train_state
+from memobert_jax.training import step as step_lib, tasks, train_state, workdir as workdir_lib
 
 RESULTS_FILE = 'results.json'
 
@@ -55,10 +55,11 @@ def predict_classes(scorer, params, batches: list[dict], count: int, sharding) -
   return scores.argmax(-1), probabilities
 
 
-def finetune(config: ConfigDict, workdir: str) -> dict:
-  """Runs one finetuning experiment (one fold, seed and fraction); returns its results."""
+def finetune(config: ConfigDict, workdir: str, *, allow_config_change: bool = False) -> dict:
+  """Runs one finetuning experiment (one fold, seed and fraction); returns its results. A workdir of another
+  job, or of this one with other settings, is refused unless `allow_config_change`."""
   loop.maybe_initialize_distributed()
-  os.makedirs(workdir, exist_ok=True)
+  workdir_lib.claim(workdir, 'finetune', config, allow_changes=allow_config_change)
   tokenizer = tokenizer_lib.load_tokenizer(config.data.tokenizer.kind, config.data.tokenizer.path,
                                            config.data.tokenizer.lowercase)
   settings = config.finetune

@@ -16,7 +16,7 @@ from ml_collections import ConfigDict
 from memobert_jax import config_utils, init_checkpoint, tokenizer as tokenizer_lib
 from memobert_jax.data import pipeline
 from memobert_jax.training import checkpointing, metrics as metrics_lib, optimizer as optimizer_lib
-from memobert_jax.training import partitioning, step as step_lib, train_state
+from memobert_jax.training import partitioning, step as step_lib, train_state, workdir as workdir_lib
 
 
 def maybe_initialize_distributed() -> None:
@@ -58,10 +58,11 @@ def replicated_to_global(batch: dict, sharding) -> dict:
   return {k: jax.make_array_from_callback(v.shape, sharding, lambda index, v=v: v[index]) for k, v in batch.items()}
 
 
-def pretrain(config: ConfigDict, workdir: str) -> dict:
-  """Runs (or resumes) pretraining; returns the last logged metrics."""
+def pretrain(config: ConfigDict, workdir: str, *, allow_config_change: bool = False) -> dict:
+  """Runs (or resumes) pretraining; returns the last logged metrics. A workdir started with other settings is
+  refused unless `allow_config_change` (the model itself can never change)."""
   maybe_initialize_distributed()
-  os.makedirs(workdir, exist_ok=True)
+  workdir_lib.claim(workdir, 'pretrain', config, allow_changes=allow_config_change)
   mesh = partitioning.make_mesh(config.mesh.shape, config.mesh.axes)
   rules = config.logical_axis_rules
   num_micro, micro_size = micro_batching(config, mesh)
@@ -77,10 +78,9 @@ def pretrain(config: ConfigDict, workdir: str) -> dict:
                                             micro_batches=num_micro, micro_batch_size=micro_size)
   train_iter = iter(train_data)
   checkpointer = checkpointing.Checkpointer(os.path.join(workdir, 'checkpoints'), **config.checkpoint)
-  start = checkpointer.latest_step()
-  if start is not None:
-    checkpointing.check_compatible(checkpointer.saved_config(start), config, workdir)
-    state = checkpointer.restore(start, abstract_state, train_iter)
+  restored = checkpointer.restore_latest(abstract_state, train_iter, config)
+  if restored is not None:
+    start, state = restored
     logging.warning('resumed from step %d in %s', start, workdir)
   else:
     start = 0
@@ -134,14 +134,21 @@ def pretrain(config: ConfigDict, workdir: str) -> dict:
       if valid and ((step + 1) % config.eval_every_steps == 0 or step + 1 == config.optim.total_steps):
         valid_metrics = evaluate(eval_step, state, valid, batch_sharding)
         writer.scalars(step + 1, valid_metrics)
-      checkpointer.save(step + 1, state, train_iter, config, force=step + 1 == config.optim.total_steps,
-                        metrics=valid_metrics)
+      final = step + 1 == config.optim.total_steps
+      if final or checkpointer.should_save(step + 1):
+        # What a checkpoint covers is on disk before it: a run killed after it resumes with no gap in the logs.
+        log(late.flush())
+        writer.flush()
+      checkpointer.save(step + 1, state, train_iter, config, force=final, metrics=valid_metrics)
     log(late.flush())
   init_checkpoint.export_state(state.params, os.path.join(workdir, 'export'), config.model,
                                source=f'pretraining {workdir} step {config.optim.total_steps}',
                                tokenizer=config.data.tokenizer.to_dict())
   data_state = train_iter.get_state()
-  last.update({f'data/{k}': data_state[k] for k in ('examples_seen', 'dropped_long_text')})
+  last.update({f'data/{k}': data_state[k] for k in ('examples_seen', 'dropped_long_text', 'mlm_capped_words')})
+  if data_state['mlm_capped_words']:
+    logging.warning('%d words had more sub-tokens than data.mlm_max_predictions=%d and were masked in part',
+                    data_state['mlm_capped_words'], config.data.mlm_max_predictions)
   last['git_revision'] = config_utils.git_revision()
   train_iter.close()
   bar.close()
