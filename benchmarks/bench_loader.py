@@ -36,7 +36,7 @@ import numpy as np
 from configs import pretrain
 from data_prep import write_shards
 from memobert_jax import tokenizer as tokenizer_lib
-from memobert_jax.data import pipeline, schema
+from memobert_jax.data import corruption, examples as examples_lib, pipeline, schema
 
 LABELS = ('anger', 'happy', 'neutral', 'sad')
 
@@ -147,9 +147,9 @@ def stage_rates(config, tokenizer, shards: Path) -> dict[str, float]:
   metadata = schema.DatasetMetadata.load(shards)
   records = _records(shards)
   texts = [schema.decode_example(r, metadata)['text'] for r in records]
-  preparer = pipeline.Preparer(config.data, tokenizer, metadata)
+  preparer = examples_lib.Preparer(config.data, tokenizer, metadata)
   prepared = [p for p in (preparer(r) for r in records) if p is not None]
-  builder = pipeline.BatchBuilder(config, tokenizer)
+  builder = corruption.BatchBuilder(config, tokenizer)
   size = config.batch_size
   chunks = [prepared[i:i + size] for i in range(0, len(prepared) - size + 1, size)]
   rng = np.random.default_rng(0)

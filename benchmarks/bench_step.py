@@ -38,8 +38,8 @@ import numpy as np
 from ml_collections import ConfigDict
 
 from configs import pretrain
-from memobert_jax.data import pipeline
-from memobert_jax.training import optimizer as optimizer_lib, partitioning, step as step_lib, train_state
+from memobert_jax.data import corruption, examples as examples_lib
+from memobert_jax.training import setup
 
 # The paper's four pretraining tasks (the ITM ablation is left out).
 TASKS = ('mlm', 'visual_regression', 'visual_kl', 'acoustic_regression')
@@ -61,7 +61,7 @@ def make_config(model: str, *, batch: int, dtype: str = 'float32', text_len: int
   return config
 
 
-def synthetic_examples(config: ConfigDict, n: int, rng: np.random.Generator) -> list[pipeline.Prepared]:
+def synthetic_examples(config: ConfigDict, n: int, rng: np.random.Generator) -> list[examples_lib.Prepared]:
   """Examples filling every modality to its cap; words of one or two word-pieces (whole-word masking sees both)."""
   data, model = config.data, config.model
   examples = []
@@ -71,7 +71,7 @@ def synthetic_examples(config: ConfigDict, n: int, rng: np.random.Generator) -> 
     word_ids = np.repeat(np.arange(pieces), word_lengths)[:pieces]
     ids = rng.integers(1000, model.vocab_size, size=pieces)
     soft = rng.dirichlet(np.ones(model.num_visual_classes), size=data.max_visual_frames).astype(np.float32)
-    examples.append(pipeline.Prepared(
+    examples.append(examples_lib.Prepared(
         id=f'synthetic{i}',
         ids=np.concatenate([[BERT_SPECIAL_IDS['cls_id']], ids, [BERT_SPECIAL_IDS['sep_id']]]).astype(np.int32),
         word_ids=np.concatenate([[-1], word_ids, [-1]]).astype(np.int32), label=-1, speaker='', session='',
@@ -83,7 +83,7 @@ def synthetic_examples(config: ConfigDict, n: int, rng: np.random.Generator) -> 
 def host_batch(config: ConfigDict, task: str, rng: np.random.Generator) -> dict[str, np.ndarray]:
   """One [1, batch, ...] step batch of `task`, built by the training pipeline's BatchBuilder."""
   tokenizer = types.SimpleNamespace(vocab_size=config.model.vocab_size, **BERT_SPECIAL_IDS)
-  builder = pipeline.BatchBuilder(config, tokenizer)
+  builder = corruption.BatchBuilder(config, tokenizer)
   return builder.build(task, synthetic_examples(config, config.batch_size, rng), 1, rng)
 
 
@@ -127,15 +127,9 @@ class JaxStep:
   """The project's jitted train step on one device, compiled ahead of time per task."""
 
   def __init__(self, config: ConfigDict):
-    self.mesh = partitioning.make_mesh((1, 1, 1), config.mesh.axes, devices=jax.devices()[:1])
-    rules = config.logical_axis_rules
-    optimizer = optimizer_lib.make_optimizer(config.optim)
-    graphdef, self.state, shardings = train_state.create_train_state(config.model, optimizer, self.mesh, rules,
-                                                                     config.seed)
-    self.step_fn = step_lib.make_train_step(graphdef, optimizer, seed=config.seed,
-                                            learning_rate=optimizer_lib.learning_rate_schedule(config.optim),
-                                            state_shardings=shardings, mesh=self.mesh, rules=rules)
-    self.batch_sharding = step_lib.train_batch_sharding(self.mesh, rules)
+    trainer = setup.make_trainer(config, devices=jax.devices()[:1])
+    self.mesh, self.step_fn, self.batch_sharding = trainer.mesh, trainer.train_step, trainer.batch_sharding
+    self.state = setup.initial_state(trainer)
     self.compiled = {}
 
   def compile(self, task: str, batch: dict[str, np.ndarray]) -> dict[str, float]:

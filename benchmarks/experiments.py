@@ -272,7 +272,7 @@ def transfer_guard_check(steps: int = 4) -> dict:
 
   from benchmarks import bench_loader
   from configs import pretrain
-  from memobert_jax.training import loop
+  from memobert_jax.training import pretraining
 
   with tempfile.TemporaryDirectory() as scratch:
     root = Path(scratch)
@@ -285,7 +285,7 @@ def transfer_guard_check(steps: int = 4) -> dict:
     config.checkpoint.every_steps, config.log_every_steps = 2, 1
     try:
       with jax.transfer_guard('disallow'):
-        loop.pretrain(config, str(root / 'work'))
+        pretraining.pretrain(config, str(root / 'work'))
       return {'variant': 'transfer_guard', 'steps': steps, 'implicit_transfers': 'none'}
     except Exception as e:  # the guard's error names the offending transfer
       return {'variant': 'transfer_guard', 'steps': steps, 'implicit_transfers': f'{type(e).__name__}: {e}'}

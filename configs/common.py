@@ -7,6 +7,8 @@ pairs; a bare word sets the file's main variant (e.g. the model size).
 
 import ml_collections
 
+from memobert_jax import config_utils
+
 MODEL_SIZES = {
     # Small enough to train on 2 CPU cores in tests and the demo.
     'tiny': dict(hidden_size=64, num_layers=2, num_heads=4, intermediate_size=256),
@@ -66,7 +68,7 @@ LOGICAL_AXIS_RULES = (
     ('heads', 'tensor'),
     ('kv', None),
     ('length', None),
-    ('activation_embed', None),  # hidden states keep their hidden axis whole (see model/sharding.py)
+    ('activation_embed', None),  # hidden states keep their hidden axis whole (see memobert_jax/sharding.py)
     ('qkv', None),
     ('positions', None),
     ('types', None),
@@ -74,20 +76,6 @@ LOGICAL_AXIS_RULES = (
     ('classes', None),
     ('norm', None),
 )
-
-
-def _convert(key: str, text: str, default):
-  if isinstance(default, bool):
-    if text.lower() not in ('true', 'false', '1', '0'):
-      raise ValueError(f'config argument {key}={text!r} is not a boolean')
-    return text.lower() in ('true', '1')
-  if isinstance(default, (int, float)):
-    kind = type(default)
-    try:
-      return kind(text)
-    except ValueError:
-      raise ValueError(f'config argument {key}={text!r} is not {"an integer" if kind is int else "a float"}') from None
-  return text
 
 
 def parse_arg(arg: str | None, main_key: str, **defaults) -> ml_collections.ConfigDict:
@@ -99,7 +87,10 @@ def parse_arg(arg: str | None, main_key: str, **defaults) -> ml_collections.Conf
       key, text = main_key, item
     if key not in values:
       raise ValueError(f'unknown config argument {key!r}; known: {sorted(values)}')
-    values[key] = _convert(key, text, values[key])
+    try:
+      values[key] = config_utils.parse_value(text, values[key])
+    except ValueError as error:
+      raise ValueError(f'config argument {key}={error}') from None
   return ml_collections.ConfigDict(values)
 
 

@@ -19,8 +19,8 @@ Data and initialisation are overrides, e.g.
 import ml_collections
 
 from configs import common
+from memobert_jax.data.prompt import TEMPLATES
 
-TEMPLATES = {'i_am': 'I am [MASK] .', 'it_was': 'It was [MASK] .', 'he_is': 'He is [MASK] .'}
 # The variant arguments and their defaults; a bare word sets `mode`.
 ARGUMENTS = dict(mode='prompt', model='base', mesh='gpu', protocol='iemocap', fold=1, fraction=1.0, seed=0,
                  template='i_am', train='LVA', eval='LVA', steps=3000, lr=3e-5)
@@ -33,6 +33,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                      f'(any other: --config.finetune.template="... [MASK] .")')
   mesh = common.mesh_preset(arg.mesh)
   config = ml_collections.ConfigDict()
+  config.job = 'finetune'  # which loop runs it (memobert_jax/training/setup.py JOBS)
   config.seed = arg.seed
   config.model = common.model_config(arg.model, mesh=arg.mesh)
   config.mesh = mesh

@@ -21,6 +21,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   arg = common.parse_arg(arg, 'model', **ARGUMENTS)
   mesh = common.mesh_preset(arg.mesh)
   config = ml_collections.ConfigDict()
+  config.job = 'pretrain'  # which loop runs it (memobert_jax/training/setup.py JOBS)
   config.seed = 0
   config.model = common.model_config(arg.model, mesh=arg.mesh)
   config.mesh = mesh

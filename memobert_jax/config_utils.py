@@ -17,6 +17,7 @@ from typing import Any
 
 import ml_collections
 from absl import flags
+from ml_collections import config_flags
 from ml_collections.config_flags import tuple_parser
 
 
@@ -60,8 +61,9 @@ _PARSERS = {
 }
 
 
-def _parse_value(text: str, current: Any) -> Any:
-  """A command-line string as the type of the value it replaces, accepted where config flags accept it."""
+def parse_value(text: str, current: Any) -> Any:
+  """A command-line string as the type of the value it replaces, accepted where config flags accept it: the one
+  parser of `key=value` for --config.key overrides, sweeps and config-file arguments alike."""
   if isinstance(current, str):
     return text
   if type(current) not in _PARSERS:
@@ -105,7 +107,7 @@ def _parent(config: ml_collections.ConfigDict, key: str) -> tuple[ml_collections
 def _set_value(config: ml_collections.ConfigDict, key: str, value: Any) -> None:
   """Sets a dotted key; a string value is parsed as the replaced value's type."""
   node, leaf = _parent(config, key)
-  node[leaf] = _parse_value(value, node[leaf]) if isinstance(value, str) else value
+  node[leaf] = parse_value(value, node[leaf]) if isinstance(value, str) else value
 
 
 def apply_overrides(config: ml_collections.ConfigDict, overrides: Mapping[str, Any]) -> ml_collections.ConfigDict:
@@ -184,3 +186,14 @@ def git_revision() -> str:
   except (OSError, subprocess.CalledProcessError):
     return 'unknown'
   return commit.stdout.strip() + ('+dirty' if dirty.stdout.strip() else '')
+
+
+def define_run_flags(workdir_help: str) -> tuple:
+  """The flags of a training entry point: --config FILE[:arg] (with --config.key=value overrides), --workdir and
+  --allow_config_change; returns their holders."""
+  config = config_flags.DEFINE_config_file('config', None, 'Config file (and :variant arguments).', lock_config=True)
+  workdir = flags.DEFINE_string('workdir', None, workdir_help)
+  allow_config_change = flags.DEFINE_bool(
+      'allow_config_change', False, 'Continue a workdir started with other settings (recorded in WORKDIR/run.json).')
+  flags.mark_flags_as_required(['config', 'workdir'])
+  return config, workdir, allow_config_change

@@ -6,17 +6,13 @@ Results (validation-selected model, scored once on the test speaker) go to DIR/r
 import os
 import sys
 
-from absl import app, flags, logging
-from ml_collections import config_flags
+from absl import app, logging
 
 from memobert_jax import config_utils
 from memobert_jax.training import finetuning
 
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file (and :variant arguments).', lock_config=True)
-_WORKDIR = flags.DEFINE_string('workdir', None, 'Folder for results, the selected model and TensorBoard logs.')
-_ALLOW_CONFIG_CHANGE = flags.DEFINE_bool(
-    'allow_config_change', False, 'Continue a workdir started with other settings (recorded in WORKDIR/run.json).')
-flags.mark_flags_as_required(['config', 'workdir'])
+_CONFIG, _WORKDIR, _ALLOW_CONFIG_CHANGE = config_utils.define_run_flags(
+    'Folder for results, the selected model and TensorBoard logs.')
 
 
 def main(argv):

@@ -31,7 +31,7 @@ from absl import app, flags, logging
 from ml_collections import ConfigDict
 
 from memobert_jax import config_utils, evaluation
-from memobert_jax.training import finetuning, loop, workdir
+from memobert_jax.training import finetuning, pretraining, workdir
 
 _SWEEP = flags.DEFINE_string('sweep', None, 'Sweep file (and :argument).')
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Folder holding one sub-folder per run and the tables.')
@@ -50,7 +50,7 @@ class Run:
   spec: str  # config file and argument string
   overrides: dict
   fields: dict  # what the table shows of this run
-  needs: str | None = None  # the pretraining run whose export this run starts from
+  needs: str | None = None  # the pretraining run whose export this run starts from (its init.checkpoint)
 
   def finished(self, root: str) -> bool:
     marker = EXPORT_MARKER if self.kind == 'pretrain' else finetuning.RESULTS_FILE
@@ -80,7 +80,6 @@ def plan(sweep: ConfigDict) -> list[Run]:
         needs = None
         if 'init_from' in overrides:
           needs = pretraining[overrides.pop('init_from')].name
-          overrides['init.checkpoint'] = os.path.join('{root}', needs, 'export')
         pretraining[variant] = Run('pretrain', f'pretrain/{variant}', sweep.pretrain.config, overrides,
                                    {'pretrain': variant}, needs)
         runs.append(pretraining[variant])
@@ -104,16 +103,17 @@ def plan(sweep: ConfigDict) -> list[Run]:
       needs = None
       if source != NO_PRETRAINING:
         needs = pretraining[source].name
-        overrides['init.checkpoint'] = os.path.join('{root}', needs, 'export')
       name = 'finetune/' + source + '/' + '/'.join(f'{k}={_value_name(v)}' for k, v in chosen.items())
       runs.append(Run('finetune', name, spec, overrides, {**defaults, 'pretrain': source, **chosen}, needs))
   return runs
 
 
 def build_config(run: Run, root: str) -> ConfigDict:
-  config = config_utils.load_config(run.spec)
-  overrides = {k: v.format(root=root) if isinstance(v, str) else v for k, v in run.overrides.items()}
-  return config_utils.apply_overrides(config, overrides)
+  """The run's config: its file and argument, its overrides, and the export of the run it starts from."""
+  overrides = dict(run.overrides)
+  if run.needs:
+    overrides['init.checkpoint'] = os.path.join(root, run.needs, 'export')
+  return config_utils.apply_overrides(config_utils.load_config(run.spec), overrides)
 
 
 def execute(run: Run, root: str) -> None:
@@ -124,7 +124,7 @@ def execute(run: Run, root: str) -> None:
     json.dump({'run': dataclasses.asdict(run), 'git_revision': config_utils.git_revision(),
                'command': sys.argv}, f, indent=2)
   if run.kind == 'pretrain':
-    loop.pretrain(config, workdir)
+    pretraining.pretrain(config, workdir)
   else:
     finetuning.finetune(config, workdir)
 

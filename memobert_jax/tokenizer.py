@@ -361,3 +361,10 @@ def load_tokenizer(kind: str, path: str | Path, lowercase: bool = True) -> Token
   if kind == 'sentencepiece':
     return SentencePieceTokenizer(path)
   raise ValueError(f"unknown tokenizer kind {kind!r}; expected 'wordpiece' or 'sentencepiece'")
+
+
+def check_vocabulary(tokenizer: Tokenizer, model_cfg) -> None:
+  """The model's vocabulary size must be the tokenizer's (the embedding rows are the token ids)."""
+  if tokenizer.vocab_size != model_cfg.vocab_size:
+    raise ValueError(f'the tokenizer has {tokenizer.vocab_size} tokens, the config says model.vocab_size='
+                     f'{model_cfg.vocab_size}: set --config.model.vocab_size={tokenizer.vocab_size}')

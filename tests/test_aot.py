@@ -13,8 +13,9 @@ from jax.sharding import AbstractMesh
 
 from configs import common, finetune, pretrain
 from memobert_jax import tokenizer as tokenizer_lib
-from memobert_jax.data import labelled, pipeline
-from memobert_jax.training import aot, loop, partitioning, topology
+from memobert_jax import sharding
+from memobert_jax.data import corruption, examples as examples_lib, finetuning_data
+from memobert_jax.training import aot, setup, topology
 from tests import corpus_helpers
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -52,23 +53,23 @@ def test_pretraining_batch_spec_matches_the_pipeline(task, tokenizer):
   data = config.data
   words = data.max_text_tokens
   ids = np.array([tokenizer.cls_id] + [tokenizer.token_to_id('happy')] * words + [tokenizer.sep_id], np.int32)
-  longest = pipeline.Prepared(
+  longest = examples_lib.Prepared(
       id='u', ids=ids, word_ids=np.array([-1, *range(words), -1]), label=0, speaker='s', session='1',
       visual=np.ones((data.max_visual_frames, config.model.visual_dim), np.float32),
       soft_labels=np.full((data.max_visual_frames, 8), 1 / 8, np.float32),
       acoustic=np.ones((data.max_acoustic_frames, config.model.acoustic_dim), np.float32))
-  batch = pipeline.BatchBuilder(config, tokenizer).build(task, [longest] * 6, 2, np.random.default_rng(0))
+  batch = corruption.BatchBuilder(config, tokenizer).build(task, [longest] * 6, 2, np.random.default_rng(0))
   assert_same_layout(aot.batch_spec(config, task, 2, 3), batch)
 
 
 @pytest.mark.parametrize('mode', ['prompt', 'cls'])
 def test_finetuning_batch_spec_matches_the_batcher(mode, tokenizer):
   config = tiny(finetune, f'{mode},model=tiny,mesh=cpu')
-  utterance = labelled.Utterance(
+  utterance = finetuning_data.Utterance(
       id='u', words=((tokenizer.token_to_id('happy'),),) * 200, label=1, speaker='s', session='1', split='train',
       visual=np.ones((config.data.max_visual_frames, config.model.visual_dim), np.float32),
       acoustic=np.ones((config.data.max_acoustic_frames, config.model.acoustic_dim), np.float32))
-  batcher = labelled.FinetuneBatcher(config, tokenizer, corpus_helpers.LABELS)
+  batcher = finetuning_data.FinetuneBatcher(config, tokenizer, corpus_helpers.LABELS)
   batch = batcher.batch([(utterance, 'LVA')] * 4, 4)
   assert_same_layout(aot.batch_spec(config, aot.default_tasks(config)[0], 1, 4), batch)
 
@@ -82,11 +83,11 @@ def test_tpu_presets_split_their_batches_over_the_slice(preset):
              for s in config.mesh.shape]
     mesh = AbstractMesh(tuple(shape), tuple(config.mesh.axes))
     if module is pretrain:
-      micro_batches, micro_size = loop.micro_batching(config, mesh)
-      assert micro_size == config.per_device_batch * partitioning.data_parallel_size(mesh, config.logical_axis_rules)
+      micro_batches, micro_size = setup.step_batching(config, mesh)
+      assert micro_size == config.per_device_batch * sharding.data_parallel_size(mesh, config.logical_axis_rules)
     else:
-      assert config.batch_size % partitioning.data_parallel_size(mesh, config.logical_axis_rules) == 0
-      assert config.finetune.eval_batch_size % partitioning.data_parallel_size(mesh, config.logical_axis_rules) == 0
+      assert config.batch_size % sharding.data_parallel_size(mesh, config.logical_axis_rules) == 0
+      assert config.finetune.eval_batch_size % sharding.data_parallel_size(mesh, config.logical_axis_rules) == 0
     assert config.model.dtype == 'bfloat16'
 
 

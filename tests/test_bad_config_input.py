@@ -10,7 +10,7 @@ import pytest
 
 from configs import finetune as finetune_config
 from memobert_jax import config_utils, predict, tokenizer as tokenizer_lib
-from memobert_jax.data import labelled
+from memobert_jax.data import finetuning_data
 from memobert_jax.data.prompt import Verbalizer
 from tests import corpus_helpers
 
@@ -103,7 +103,7 @@ def wordpiece(tmp_path_factory):
 def batcher(tokenizer, label_names, label_words=()):
   config = finetune_config.get_config('prompt,model=tiny,mesh=cpu')
   config.finetune.label_words = label_words
-  return labelled.FinetuneBatcher(config, tokenizer, label_names)
+  return finetuning_data.FinetuneBatcher(config, tokenizer, label_names)
 
 
 @pytest.mark.parametrize('label_names,label_words,word', [

@@ -12,7 +12,7 @@ from data_prep import manifest as manifest_lib
 from data_prep import verify, write_shards
 from data_prep.corpora import common
 from memobert_jax import tokenizer as tokenizer_lib
-from memobert_jax.data import labelled, pipeline, schema
+from memobert_jax.data import examples as examples_lib, finetuning_data, pipeline, schema, sources as sources_lib
 from tests import corpus_helpers
 
 SHARD = 'train-00000-of-00002.tfrecord'
@@ -161,13 +161,13 @@ def test_verify_names_the_damaged_shard(corpus, tmp_path, damage):
 def _finetune_load(dataset: Path, tokenizer, visual_dim: int = 12):
   config = finetune_config.get_config('prompt,model=tiny,mesh=cpu')
   config.model.update(visual_dim=visual_dim, acoustic_dim=10, vocab_size=tokenizer.vocab_size)
-  return labelled.load_utterances(str(dataset), ['train'], config.model, config.data, tokenizer)
+  return finetuning_data.load_utterances(str(dataset), ['train'], config.model, config.data, tokenizer)
 
 
 def _pretrain_examples(dataset: Path, tokenizer, **kwargs):
   config = pretrain_config.get_config('tiny,mesh=cpu,steps=100')
   config.model.update(visual_dim=12, acoustic_dim=10, vocab_size=tokenizer.vocab_size)
-  source = pipeline.open_source(str(dataset), 1.0, config.model)
+  source = sources_lib.open_source(str(dataset), 1.0, config.model)
   options = dict(seed=0, shuffle=False, repeat=False, process_index=0, process_count=1) | kwargs
   return pipeline.example_dataset([source], 'train', config.data, tokenizer, **options)
 
@@ -206,7 +206,7 @@ def test_finetuning_loader_names_a_record_that_does_not_decode(corpus, tmp_path)
     _finetune_load(copy, tokenizer, visual_dim=metadata.visual_dim)
 
 
-def _id(prepared: pipeline.Prepared | None) -> str | None:
+def _id(prepared: examples_lib.Prepared | None) -> str | None:
   return None if prepared is None else prepared.id  # None: an utterance dropped for its length
 
 
@@ -214,7 +214,7 @@ def test_checked_shard_reader_keeps_grains_iterator_state(corpus):
   shards, tokenizer = corpus
   path = str(shards / SHARD)
   plain = iter(grain.experimental.TFRecordIterDataset(path))
-  checked = iter(pipeline.ShardRecords(path, (shards / SHARD).stat().st_size))
+  checked = iter(sources_lib.ShardRecords(path, (shards / SHARD).stat().st_size))
   for _ in range(2):
     assert next(plain) == next(checked)
   assert plain.get_state() == checked.get_state()  # checkpoints written before this reader existed still restore

@@ -10,9 +10,9 @@ import pytest
 from flax import nnx
 
 from configs import finetune as finetune_config
-from memobert_jax import evaluation, predict, tokenizer as tokenizer_lib
-from memobert_jax.data import labelled
-from memobert_jax.training import finetuning, partitioning, tasks, train_state
+from memobert_jax import evaluation, inference, sharding, tokenizer as tokenizer_lib
+from memobert_jax.data import finetuning_data
+from memobert_jax.training import finetuning, setup, tasks, train_state
 from tests import corpus_helpers
 
 
@@ -37,7 +37,8 @@ def make_config(corpus, arg: str):
 def loaded(corpus, arg='prompt'):
   config = make_config(corpus, arg)
   tokenizer = tokenizer_lib.load_tokenizer('wordpiece', config.data.tokenizer.path)
-  utterances, labels = labelled.load_utterances(config.data.train, ['train'], config.model, config.data, tokenizer)
+  utterances, labels = finetuning_data.load_utterances(config.data.train, ['train'], config.model, config.data,
+                                                       tokenizer)
   return config, tokenizer, utterances, labels
 
 
@@ -56,18 +57,18 @@ def test_metrics_match_a_hand_computed_example():
 def test_folds_are_disjoint_by_speaker_and_cover_the_corpus(corpus):
   _, _, utterances, _ = loaded(corpus)
   for fold in range(1, 11):
-    parts = labelled.fold_splits(utterances, 'iemocap', fold, 1.0, seed=0)
+    parts = finetuning_data.fold_splits(utterances, 'iemocap', fold, 1.0, seed=0)
     speakers = {name: {u.speaker for u in members} for name, members in parts.items()}
     assert not speakers['train'] & speakers['valid'] and not speakers['train'] & speakers['test']
     assert len(speakers['valid']) == len(speakers['test']) == 1 and speakers['valid'] != speakers['test']
     assert sorted(u.id for m in parts.values() for u in m) == sorted(u.id for u in utterances)
-  low = labelled.fold_splits(utterances, 'iemocap', 1, 0.1, seed=0)
+  low = finetuning_data.fold_splits(utterances, 'iemocap', 1, 0.1, seed=0)
   assert len(low['train']) == pytest.approx(0.1 * len(parts['train']), abs=2)
 
 
 def test_prompt_batches_put_the_gold_label_word_at_the_mask(corpus):
   config, tokenizer, utterances, label_names = loaded(corpus)
-  batcher = labelled.FinetuneBatcher(config, tokenizer, label_names)
+  batcher = finetuning_data.FinetuneBatcher(config, tokenizer, label_names)
   batch = batcher.batch([(u, 'LVA') for u in utterances[:8]], 8)
   rows = batch['text_ids'][0]
   mask_columns = [list(np.flatnonzero(r == tokenizer.mask_id)) for r in rows]
@@ -86,7 +87,7 @@ def test_prompt_batches_put_the_gold_label_word_at_the_mask(corpus):
 
 def test_cross_modal_mode_expands_each_training_utterance_into_its_cases(corpus):
   config, tokenizer, utterances, label_names = loaded(corpus, 'prompt_cm')
-  batcher = labelled.FinetuneBatcher(config, tokenizer, label_names)
+  batcher = finetuning_data.FinetuneBatcher(config, tokenizer, label_names)
   items = batcher.training_items(utterances[:14], 'LVA')
   for u in utterances[:14]:
     cases = [subset for v, subset in items if v is u]
@@ -96,9 +97,9 @@ def test_cross_modal_mode_expands_each_training_utterance_into_its_cases(corpus)
 
 def model_and_batch(corpus, mode):
   config, tokenizer, utterances, label_names = loaded(corpus, mode)
-  config = finetuning.resolve(config, tokenizer, len(label_names))
-  batcher = labelled.FinetuneBatcher(config, tokenizer, label_names)
-  mesh = partitioning.make_mesh((1, 1, 1), ('data', 'fsdp', 'tensor'))
+  config = setup.resolve(config, tokenizer, len(label_names))
+  batcher = finetuning_data.FinetuneBatcher(config, tokenizer, label_names)
+  mesh = sharding.make_mesh((1, 1, 1), ('data', 'fsdp', 'tensor'))
   graphdef, state, _ = train_state.create_train_state(config.model, optax.sgd(0.1), mesh,
                                                       config.logical_axis_rules, seed=0)
   batch = jax.tree.map(lambda x: x[0], batcher.batch([(u, 'LVA') for u in utterances[:8]], 8))
@@ -146,9 +147,9 @@ def test_finetune_run_writes_results_and_predict_reproduces_its_test_predictions
     for split in ('valid', 'test'):
       assert 0 <= results[split]['ua'] <= 1 and sum(map(sum, results[split]['confusion'])) == results['sizes'][split]
 
-    predictor = predict.Predictor(os.path.join(workdir, 'best'))
+    predictor = inference.Predictor(os.path.join(workdir, 'best'))
     _, tokenizer, utterances, _ = loaded(corpus, mode)
-    test = labelled.fold_splits(utterances, 'iemocap', 3, 1.0, seed=0)['test']
+    test = finetuning_data.fold_splits(utterances, 'iemocap', 3, 1.0, seed=0)['test']
     outputs = predictor([predictor.utterance(u.id, ' '.join(tokenizer.decode(w) for w in u.words), u.visual,
                                              u.acoustic) for u in test])
     names = predictor.label_names
@@ -160,14 +161,14 @@ def test_finetune_run_writes_results_and_predict_reproduces_its_test_predictions
 
 def test_training_batches_cover_every_item_each_epoch_even_when_fewer_than_a_batch(corpus):
   config, tokenizer, utterances, label_names = loaded(corpus)
-  batcher = labelled.FinetuneBatcher(config, tokenizer, label_names)
+  batcher = finetuning_data.FinetuneBatcher(config, tokenizer, label_names)
   items = [(u, 'L') for u in utterances[:5]]
-  batches = labelled.training_batches(batcher, items, 8, seed=3)
+  batches = finetuning_data.training_batches(batcher, items, 8, seed=3)
   first, second = next(batches), next(batches)
   rows = np.concatenate([first['text_ids'][0], second['text_ids'][0]])
   # 16 rows = 3 whole epochs of the 5 items and one more: each item 3 or 4 times.
   counts = [sum(np.array_equal(r, batcher.batch([item], 1)['text_ids'][0, 0, :rows.shape[1]]) for r in rows)
             for item in items]
   assert sorted(counts) == [3, 3, 3, 3, 4]
-  again = next(labelled.training_batches(batcher, items, 8, seed=3))
+  again = next(finetuning_data.training_batches(batcher, items, 8, seed=3))
   np.testing.assert_array_equal(again['text_ids'], first['text_ids'])

@@ -21,7 +21,7 @@ from safetensors.numpy import save_file
 from configs.common import LOGICAL_AXIS_RULES, MESH_AXES, model_config
 from memobert_jax import convert_bert, hf_import, init_checkpoint
 from memobert_jax.model import MEmoBERT
-from memobert_jax.training.partitioning import make_mesh, state_shardings
+from memobert_jax.sharding import make_mesh, tree_shardings
 
 FIXTURES = pathlib.Path(__file__).resolve().parent / 'fixtures'
 TINY_DIR = FIXTURES / 'tiny_bert'
@@ -142,7 +142,7 @@ def test_sharded_restore_round_trip(tiny_init):
   cfg = _config(tiny_init)
   mesh = make_mesh((4, 2, 1), MESH_AXES)
   abstract = nnx.state(nnx.eval_shape(lambda: MEmoBERT(cfg, rngs=nnx.Rngs(0))))
-  shardings = state_shardings(abstract, mesh, LOGICAL_AXIS_RULES)
+  shardings = tree_shardings(abstract, mesh, LOGICAL_AXIS_RULES)
   expected = {'/'.join(map(str, path)): var.get_value() for path, var in nnx.to_flat_state(shardings)}
   sharded_abstract = jax.tree.map(
       lambda var, sharding: var.replace(jax.ShapeDtypeStruct(var.shape, var.get_value().dtype,

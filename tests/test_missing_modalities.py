@@ -3,12 +3,13 @@ whether the model keeps the absent modality's dimension or sets it to 0 (no para
 
 import os
 
+import numpy as np
 import pytest
 
 from configs import finetune as finetune_config
 from configs import pretrain as pretrain_config
-from memobert_jax import predict, tokenizer as tokenizer_lib
-from memobert_jax.training import finetuning, loop
+from memobert_jax import inference, tokenizer as tokenizer_lib
+from memobert_jax.training import finetuning, pretraining
 from tests import corpus_helpers
 
 pytestmark = pytest.mark.slow
@@ -31,11 +32,11 @@ def test_a_corpus_without_a_modality_runs_every_stage(tmp_path, present, visual_
   config.checkpoint.async_save = False
   absent_task = next((t for t, m in FRAME_TASK_MODALITY.items() if m not in present), None)
   with pytest.raises(ValueError, match=f'task {absent_task} needs .* frames.*tasks.weights.{absent_task}=0'):
-    loop.pretrain(config, str(tmp_path / 'refused'))
+    pretraining.pretrain(config, str(tmp_path / 'refused'))
   for task, modality in FRAME_TASK_MODALITY.items():
     if modality not in present:
       config.tasks.weights[task] = 0
-  loop.pretrain(config, str(tmp_path / 'pretrain'))
+  pretraining.pretrain(config, str(tmp_path / 'pretrain'))
   export = str(tmp_path / 'pretrain' / 'export')
   assert os.path.exists(os.path.join(export, 'memobert_init.json'))
 
@@ -48,8 +49,8 @@ def test_a_corpus_without_a_modality_runs_every_stage(tmp_path, present, visual_
   results = finetuning.finetune(config, str(tmp_path / 'finetune'))
   assert results['sizes']['test'] > 0
 
-  predictor = predict.Predictor(str(tmp_path / 'finetune' / 'best'))
-  frames = {m: predict.np.zeros((0 if m[0].upper() not in present else 3, d), 'float32')
+  predictor = inference.Predictor(str(tmp_path / 'finetune' / 'best'))
+  frames = {m: np.zeros((0 if m[0].upper() not in present else 3, d), 'float32')
             for m, d in (('visual', visual_dim), ('acoustic', acoustic_dim))}
   [output] = predictor([predictor.utterance('u', 'i feel so happy today', frames['visual'], frames['acoustic'])])
   assert output['label'] in results['label_names']

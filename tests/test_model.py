@@ -5,7 +5,6 @@ Everything runs on the tiny config with a small vocabulary, jitted (an eager fir
 seconds of op-by-op compilation); conftest gives 8 fake CPU devices for the sharded checks.
 """
 
-import contextlib
 import functools
 
 import jax
@@ -20,8 +19,8 @@ from ml_collections import ConfigDict
 
 from configs.common import LOGICAL_AXIS_RULES, MESH_AXES
 from memobert_jax.training import optimizer as optimizer_lib
-from memobert_jax.training import aot, partitioning, train_state
-from memobert_jax.training import step as step_lib
+from memobert_jax import sharding
+from memobert_jax.training import aot, train_state
 from memobert_jax.training.step import make_train_step
 from memobert_jax.training.tasks import PRETRAINING_TASKS, TASKS
 from tests import model_helpers
@@ -56,7 +55,7 @@ def cfg() -> ConfigDict:
 
 @pytest.fixture(scope='module')
 def mesh():
-  return partitioning.make_mesh((4, 2, 1), MESH_AXES)
+  return sharding.make_mesh((4, 2, 1), MESH_AXES)
 
 
 @pytest.fixture(scope='module')
@@ -260,7 +259,8 @@ def test_mlm_loss_and_gradients_match_between_8_device_mesh_and_one_device(cfg, 
   key = jax.random.key(7)
   one_device = _mlm_loss_and_grads(*model, batch, key)
   on_mesh = _mlm_loss_and_grads(
-      graphdef, state.params, jax.device_put(batch, partitioning.batch_sharding(mesh, LOGICAL_AXIS_RULES)), key)
+      graphdef, state.params,
+      jax.device_put(batch, NamedSharding(mesh, sharding.logical_to_spec(('batch',), LOGICAL_AXIS_RULES))), key)
   assert len(on_mesh['dropout_off'][0].sharding.device_set) == 8
   for name in ('dropout_off', 'dropout_on'):
     (loss_1, grads_1), (loss_8, grads_8) = one_device[name], on_mesh[name]
@@ -282,7 +282,7 @@ def _all_gather_bytes(graphdef, state, mesh, batch) -> float:
 
 
 def test_fsdp_gathers_the_kernels_not_the_activations(cfg, sharded, mesh, monkeypatch):
-  """On (data=4, fsdp=2) the hidden states stay whole on their hidden axis (model/sharding.py pins them), so
+  """On (data=4, fsdp=2) the hidden states stay whole on their hidden axis (memobert_jax/sharding.py pins them), so
   the step all-gathers the fsdp-sharded parameters (forward and backward) and no activations. Without the pins
   XLA's propagation follows the kernels and also gathers [batch, length, hidden] activations."""
   graphdef, state = sharded
@@ -294,9 +294,19 @@ def test_fsdp_gathers_the_kernels_not_the_activations(cfg, sharded, mesh, monkey
       if not v.get_value().sharding.is_fully_replicated)
   pinned = _all_gather_bytes(graphdef, state, mesh, batch)
   assert pinned <= 2 * sharded_param_bytes
-  monkeypatch.setattr(step_lib, 'activation_rules', lambda rules: contextlib.nullcontext())
+  monkeypatch.setattr(sharding, 'constrain', lambda x, logical_axes: x)
   unpinned = _all_gather_bytes(graphdef, state, mesh, batch)
   assert unpinned > 2 * sharded_param_bytes, (pinned, unpinned, sharded_param_bytes)
+
+
+def test_pins_traced_under_a_mesh_without_the_rules_are_an_error_not_dropped(cfg, sharded, mesh):
+  graphdef, state = sharded
+  batch = make_batch(cfg)
+  forward = jax.jit(lambda params, batch: nnx.merge(graphdef, params)(batch).hidden)
+  with jax.set_mesh(mesh), pytest.raises(RuntimeError, match='no logical-axis rules are in force'):
+    forward(state.params, batch)
+  with jax.set_mesh(mesh), sharding.axis_rules(LOGICAL_AXIS_RULES):
+    assert forward(state.params, batch).shape[0] == batch['text_ids'].shape[0]
 
 
 # 5. Training.
@@ -304,7 +314,7 @@ def test_fsdp_gathers_the_kernels_not_the_activations(cfg, sharded, mesh, monkey
 
 def test_train_steps_reduce_every_pretraining_loss(cfg):
   """20 AdamW steps per task on one fixed batch, the tasks in turn on one state (as pretraining does)."""
-  mesh = partitioning.make_mesh((1, 1, 1), MESH_AXES, devices=jax.devices()[:1])
+  mesh = sharding.make_mesh((1, 1, 1), MESH_AXES, devices=jax.devices()[:1])
   opt_cfg = optim_config(learning_rate=3e-3)
   optimizer = optimizer_lib.make_optimizer(opt_cfg)
   graphdef, state, shardings = train_state.create_train_state(cfg, optimizer, mesh, LOGICAL_AXIS_RULES, seed=0)

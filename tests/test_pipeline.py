@@ -2,12 +2,13 @@
 
 import collections
 
+import ml_collections
 import numpy as np
 import pytest
 
 from configs import pretrain
 from memobert_jax import tokenizer as tokenizer_lib
-from memobert_jax.data import pipeline
+from memobert_jax.data import corruption, examples as examples_lib, pipeline, sources as sources_lib
 from tests import corpus_helpers
 
 
@@ -71,7 +72,7 @@ def test_restored_iterator_continues_with_the_batch_that_would_have_come(corpus)
 def test_two_processes_read_disjoint_examples_whose_union_is_the_split(corpus):
   shards, tokenizer = corpus
   config = make_config(shards, tokenizer)
-  source = pipeline.open_source(shards, 1.0, config.model)
+  source = sources_lib.open_source(shards, 1.0, config.model)
   seen = []
   for process in range(2):
     examples = pipeline.example_dataset([source], 'train', config.data, tokenizer, seed=0, shuffle=True,
@@ -146,7 +147,7 @@ def test_mixing_two_datasets_by_weight(corpus, tmp_path):
   shards, tokenizer = corpus
   other = corpus_helpers.write_corpus(str(tmp_path), 60, seed=5, num_shards=2, id_prefix='other')
   config = make_config(f'{shards}:3,{other}:1', tokenizer)
-  sources = [pipeline.open_source(p, w, config.model) for p, w in pipeline.parse_sources(config.data.train)]
+  sources = [sources_lib.open_source(p, w, config.model) for p, w in sources_lib.parse_sources(config.data.train)]
   examples = iter(pipeline.example_dataset(sources, 'train', config.data, tokenizer, seed=0, shuffle=True,
                                            repeat=True, process_index=0, process_count=1))
   ids = [e.id for e in (next(examples) for _ in range(400)) if e is not None]
@@ -185,9 +186,9 @@ def test_itm_batches_swap_frames_between_examples_and_say_which(corpus):
   config.tasks.weights.update(dict(mlm=0.0, visual_regression=0.0, visual_kl=0.0, acoustic_regression=0.0, itm=1.0))
   with pytest.raises(ValueError, match='model.itm_head=True'):
     pipeline.pretraining_dataset(config, tokenizer, split='train', micro_batches=1, micro_batch_size=16)
-  builder = pipeline.BatchBuilder(config, tokenizer)
+  builder = corruption.BatchBuilder(config, tokenizer)
   # Example i's frames are filled with the value i, so a row shows whose frames it got.
-  examples = [pipeline.Prepared(f'e{i}', np.array([2, 10 + i, 3], np.int32), np.array([-1, 0, -1], np.int32), -1,
+  examples = [examples_lib.Prepared(f'e{i}', np.array([2, 10 + i, 3], np.int32), np.array([-1, 0, -1], np.int32), -1,
                                 '', '', np.full((3, 12), i, np.float32), np.zeros((0, 8), np.float32),
                                 np.full((4, 10), i, np.float32)) for i in range(16)]
   rng = np.random.default_rng(0)
@@ -204,7 +205,7 @@ def test_itm_batches_swap_frames_between_examples_and_say_which(corpus):
 def test_frames_are_standardised_with_the_train_split_statistics(corpus):
   shards, tokenizer = corpus
   config = make_config(shards, tokenizer)
-  source = pipeline.open_source(shards, 1.0, config.model)
+  source = sources_lib.open_source(shards, 1.0, config.model)
   examples = [e for e in pipeline.example_dataset([source], 'train', config.data, tokenizer, seed=0, shuffle=False,
                                                   repeat=False, process_index=0, process_count=1) if e is not None]
   for modality in ('visual', 'acoustic'):
@@ -214,7 +215,7 @@ def test_frames_are_standardised_with_the_train_split_statistics(corpus):
   config.data.normalize_features = False
   raw = next(e for e in pipeline.example_dataset([source], 'train', config.data, tokenizer, seed=0, shuffle=False,
                                                  repeat=False, process_index=0, process_count=1) if e is not None)
-  stats = pipeline.feature_stats(source, 'train', make_config(shards, tokenizer).data)['acoustic']
+  stats = sources_lib.feature_stats(source, 'train', make_config(shards, tokenizer).data)['acoustic']
   np.testing.assert_allclose(stats.apply(raw.acoustic), examples[0].acoustic, rtol=1e-6)
 
 

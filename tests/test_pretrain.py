@@ -17,7 +17,7 @@ import pytest
 from configs import finetune as finetune_config
 from configs import pretrain
 from memobert_jax import tokenizer as tokenizer_lib
-from memobert_jax.training import checkpointing, finetuning, loop, metrics, workdir as workdir_lib
+from memobert_jax.training import checkpointing, finetuning, metrics, pretraining, workdir as workdir_lib
 from tests import corpus_helpers
 
 pytestmark = pytest.mark.slow
@@ -78,14 +78,14 @@ def reference(corpus, tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp('reference'))
   values = overrides(shards, vocab, (4, 2, 1), 2)
   values.update({'data.valid': shards, 'eval_every_steps': 4, 'eval_batches': 1})
-  final = loop.pretrain(make_config(values), workdir)
+  final = pretraining.pretrain(make_config(values), workdir)
   return workdir, final
 
 
 def test_one_device_and_eight_devices_give_the_same_losses(corpus, reference, tmp_path):
   shards, vocab = corpus
   eight_dir, eight = reference
-  one = loop.pretrain(make_config(overrides(shards, vocab, (1, 1, 1), 16)), str(tmp_path / 'one'))
+  one = pretraining.pretrain(make_config(overrides(shards, vocab, (1, 1, 1), 16)), str(tmp_path / 'one'))
   one_losses, eight_losses = losses(str(tmp_path / 'one')), losses(eight_dir)
   assert sorted(one_losses) == list(range(1, STEPS + 1))
   np.testing.assert_allclose([eight_losses[s] for s in one_losses], list(one_losses.values()), atol=1e-5, rtol=0)
@@ -121,7 +121,7 @@ def test_checkpoint_from_one_mesh_restores_onto_others_and_training_continues_id
   for name, mesh, per_device in (('data8', (8, 1, 1), 2), ('single', (1, 1, 1), 16)):
     workdir = str(tmp_path / name)
     resume_copy(reference[0], workdir, 4)
-    loop.pretrain(make_config(overrides(shards, vocab, mesh, per_device)), workdir)
+    pretraining.pretrain(make_config(overrides(shards, vocab, mesh, per_device)), workdir)
     resumed = losses(workdir)
     assert sorted(resumed) == list(range(5, STEPS + 1)), name
     np.testing.assert_allclose([resumed[s] for s in resumed], [expected[s] for s in resumed], atol=1e-5, rtol=0,
@@ -138,7 +138,7 @@ def test_an_interrupted_checkpoint_write_is_never_taken_as_the_latest(corpus, re
   shutil.copytree(os.path.join(reference[0], 'checkpoints', '6'), partial)
   shutil.rmtree(os.path.join(partial, 'state'))
   assert checkpointing.Checkpointer(directory, every_steps=2, keep=10).latest_step() == 4
-  loop.pretrain(make_config(overrides(shards, vocab, (4, 2, 1), 2)), workdir)
+  pretraining.pretrain(make_config(overrides(shards, vocab, (4, 2, 1), 2)), workdir)
   resumed, expected = losses(workdir), losses(reference[0])
   assert sorted(resumed) == [5, 6, 7, 8]
   np.testing.assert_allclose([resumed[s] for s in resumed], [expected[s] for s in resumed], atol=1e-6, rtol=0)
@@ -147,15 +147,15 @@ def test_an_interrupted_checkpoint_write_is_never_taken_as_the_latest(corpus, re
 def test_a_workdir_of_another_model_config_is_refused(corpus, tmp_path):
   shards, vocab = corpus
   values = overrides(shards, vocab, (1, 1, 1), 16)
-  loop.pretrain(make_config(values, steps=2), str(tmp_path))
+  pretraining.pretrain(make_config(values, steps=2), str(tmp_path))
   values['model.num_layers'] = 3
   with pytest.raises(ValueError, match='different model config.*num_layers: saved 2, now 3'):
-    loop.pretrain(make_config(values, steps=4), str(tmp_path))
+    pretraining.pretrain(make_config(values, steps=4), str(tmp_path))
 
 
 def run_command(values: dict, workdir: str, steps: int) -> list[str]:
-  args = [sys.executable, '-m', 'memobert_jax.train', f'--config={ROOT}/configs/pretrain.py:tiny,mesh=cpu,steps={steps}',
-          f'--workdir={workdir}']
+  args = [sys.executable, '-m', 'memobert_jax.train',
+          f'--config={ROOT}/configs/pretrain.py:tiny,mesh=cpu,steps={steps}', f'--workdir={workdir}']
   for key, value in values.items():
     text = ','.join(map(str, value)) if isinstance(value, tuple) else value
     args.append(f'--config.{key}={text}' if not isinstance(value, tuple) else f'--config.{key}=({text},)')
@@ -246,11 +246,11 @@ def test_two_processes_train_together_like_two_hosts(corpus, tmp_path):
 def test_a_workdir_resumed_with_other_settings_is_refused_unless_asked(corpus, tmp_path, key, value):
   shards, vocab = corpus
   values = overrides(shards, vocab, (1, 1, 1), 16)
-  loop.pretrain(make_config(values, steps=2), str(tmp_path))
+  pretraining.pretrain(make_config(values, steps=2), str(tmp_path))
   changed = make_config({**values, key: value}, steps=4)
   with pytest.raises(ValueError, match=f'started with other settings .*{key}: .* -> {value!r}.*--allow_config_change'):
-    loop.pretrain(changed, str(tmp_path))
-  loop.pretrain(changed, str(tmp_path), allow_config_change=True)
+    pretraining.pretrain(changed, str(tmp_path))
+  pretraining.pretrain(changed, str(tmp_path), allow_config_change=True)
   assert sorted(losses(str(tmp_path))) == [1, 2, 3, 4]
   with open(os.path.join(tmp_path, workdir_lib.RUN_FILE)) as f:
     recorded = json.load(f)['changes']
@@ -286,7 +286,7 @@ def test_a_damaged_latest_checkpoint_falls_back_to_the_intact_one_before_it(corp
     workdir = str(tmp_path / what)
     resume_copy(reference[0], workdir, 6)
     damage(largest_file(os.path.join(workdir, 'checkpoints', '6', what)))
-    loop.pretrain(make_config(overrides(shards, vocab, (4, 2, 1), 2)), workdir)
+    pretraining.pretrain(make_config(overrides(shards, vocab, (4, 2, 1), 2)), workdir)
     resumed = losses(workdir)
     np.testing.assert_allclose([resumed[s] for s in (5, 6, 7, 8)], [expected[s] for s in (5, 6, 7, 8)], atol=1e-5,
                                rtol=0, err_msg=what)
@@ -305,4 +305,4 @@ def test_a_garbage_iterator_state_is_an_error_naming_the_file(corpus, reference,
       f.write('{"parent": "not a state"')
   data_file = os.path.join(checkpoints, '2', 'data', 'process_0-of-1.json')
   with pytest.raises(ValueError, match=f'no checkpoint .* reads back:\\s+{data_file}: not a data-iterator state'):
-    loop.pretrain(make_config(overrides(shards, vocab, (4, 2, 1), 2)), workdir)
+    pretraining.pretrain(make_config(overrides(shards, vocab, (4, 2, 1), 2)), workdir)

@@ -6,11 +6,55 @@ import numpy as np
 import pytest
 
 from memobert_jax.data.masking import SpecialIds
-from memobert_jax.data.prompt import (DEFAULT_TEMPLATE, TEMPLATES, PromptExample, Verbalizer, build_prompt,
-                                      check_template, cross_modal_cases, encode_prompt, mask_position, prompt_text,
-                                      split_words, tokenize_template)
+from memobert_jax.data.prompt import (TEMPLATES, PromptExample, TokenizedTemplate, Verbalizer, build_prompt,
+                                      check_template, cross_modal_cases, tokenize_template)
 
 SPECIAL = SpecialIds(cls=101, sep=102, mask=103, pad=0, vocab_size=30522, others=(100,))
+DEFAULT_TEMPLATE = TEMPLATES['i_am']
+_SENTENCE_ENDS = ('.', '?', '!')
+
+
+# String-level references the token-level prompt building is checked against.
+
+
+def _end_sentence(utterance: str) -> str:
+  """The stripped utterance + '.' unless it is empty or already ends in . ? !"""
+  text = utterance.strip()
+  return text + '.' if text and not text.endswith(_SENTENCE_ENDS) else text
+
+
+def prompt_text(utterance: str, template: str = DEFAULT_TEMPLATE) -> str:
+  """utterance + ('.' unless it ends in . ? !) + ' ' + template; an empty utterance gives the template alone."""
+  check_template(template)
+  text = _end_sentence(utterance)
+  return f'{text} {template}' if text else template
+
+
+def mask_position(ids: np.ndarray, mask_id: int) -> int:
+  """Index of the single [MASK] in `ids` (e.g. a tokenizer's encoding of `prompt_text`)."""
+  found = np.flatnonzero(np.asarray(ids) == mask_id)
+  if found.size != 1:
+    raise ValueError(f'expected exactly one [MASK] (id {mask_id}) in the prompt ids, found {found.size}')
+  return int(found[0])
+
+
+def split_words(ids: np.ndarray, word_ids: np.ndarray) -> list[np.ndarray]:
+  """Splits an encoded text ([CLS] ... [SEP], word ids -1 on specials) back into words of ids."""
+  ids, word_ids = np.asarray(ids), np.asarray(word_ids)
+  keep = word_ids >= 0
+  ids, word_ids = ids[keep], word_ids[keep]
+  return np.split(ids, np.flatnonzero(np.diff(word_ids)) + 1) if ids.size else []
+
+
+def encode_prompt(utterance: str, template: TokenizedTemplate, encode_words, special: SpecialIds, *,
+                  max_text_len: int) -> PromptExample:
+  """`build_prompt` on raw text: the '.'-rule is applied to the string, then the utterance is tokenized.
+
+  Without truncation the ids are those of tokenizing `prompt_text(utterance, template.text)` (for any tokenizer
+  that keeps [MASK] whole and splits words at spaces).
+  """
+  text = _end_sentence(utterance)
+  return build_prompt(encode_words(text) if text else [], template, special, max_text_len=max_text_len)
 
 
 class FakeTokenizer:
@@ -79,7 +123,7 @@ class TestPromptText:
     assert prompt_text(utterance) == expected
 
   def test_other_templates(self):
-    assert TEMPLATES == ('I am [MASK] .', 'It was [MASK] .', 'He is [MASK] .')
+    assert tuple(TEMPLATES.values()) == ('I am [MASK] .', 'It was [MASK] .', 'He is [MASK] .')
     assert prompt_text('fine', 'It was [MASK] .') == 'fine. It was [MASK] .'
     assert prompt_text('fine', 'He is [MASK] .') == 'fine. He is [MASK] .'
 
@@ -107,7 +151,7 @@ class TestBuildPrompt:
     np.testing.assert_array_equal(example.word_ids, [-1, 0, 1, -1, 2, -1])
 
   @pytest.mark.parametrize('attached_punctuation', [False, True])
-  @pytest.mark.parametrize('template_text', TEMPLATES)
+  @pytest.mark.parametrize('template_text', TEMPLATES.values())
   @pytest.mark.parametrize('utterance', UTTERANCES)
   def test_matches_tokenizing_the_prompt_text(self, template_text, utterance, attached_punctuation):
     tok = FakeTokenizer(attached_punctuation)

@@ -286,3 +286,9 @@ def _mask_one_frame(frames: np.ndarray, rng: np.random.Generator) -> FrameMaskin
   masked = np.zeros(frames.shape[0], bool)
   masked[rng.integers(frames.shape[0])] = True
   return FrameMasking(frames, masked, masked.copy(), MODE_FALLBACK)
+
+
+def special_ids(tokenizer) -> SpecialIds:
+  """A tokenizer's special ids (memobert_jax.tokenizer.Tokenizer or anything with the same id attributes)."""
+  return SpecialIds(cls=tokenizer.cls_id, sep=tokenizer.sep_id, mask=tokenizer.mask_id, pad=tokenizer.pad_id,
+                    vocab_size=tokenizer.vocab_size, others=(tokenizer.unk_id,))

@@ -15,8 +15,8 @@ from memobert_jax.data.masking import SpecialIds
 
 MASK_TOKEN = '[MASK]'
 UNKNOWN_TOKEN = '[UNK]'
-TEMPLATES = ('I am [MASK] .', 'It was [MASK] .', 'He is [MASK] .')
-DEFAULT_TEMPLATE = TEMPLATES[0]
+# The paper's template and the two others it tried; finetuning configs name them by key.
+TEMPLATES = {'i_am': 'I am [MASK] .', 'it_was': 'It was [MASK] .', 'he_is': 'He is [MASK] .'}
 _SENTENCE_ENDS = ('.', '?', '!')
 
 EncodeWords = Callable[[str], list[list[int]]]
@@ -26,27 +26,6 @@ def check_template(template: str) -> None:
   """Raises ValueError unless `template` contains [MASK] exactly once."""
   if template.count(MASK_TOKEN) != 1:
     raise ValueError(f'a prompt template must contain {MASK_TOKEN} exactly once, got {template!r}')
-
-
-def _end_sentence(utterance: str) -> str:
-  """The stripped utterance + '.' unless it is empty or already ends in . ? !"""
-  text = utterance.strip()
-  return text + '.' if text and not text.endswith(_SENTENCE_ENDS) else text
-
-
-def prompt_text(utterance: str, template: str = DEFAULT_TEMPLATE) -> str:
-  """utterance + ('.' unless it ends in . ? !) + ' ' + template; an empty utterance gives the template alone."""
-  check_template(template)
-  text = _end_sentence(utterance)
-  return f'{text} {template}' if text else template
-
-
-def mask_position(ids: np.ndarray, mask_id: int) -> int:
-  """Index of the single [MASK] in `ids` (e.g. a tokenizer's encoding of `prompt_text`)."""
-  found = np.flatnonzero(np.asarray(ids) == mask_id)
-  if found.size != 1:
-    raise ValueError(f'expected exactly one [MASK] (id {mask_id}) in the prompt ids, found {found.size}')
-  return int(found[0])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,14 +64,6 @@ def tokenize_template(template: str, encode_words: EncodeWords) -> TokenizedTemp
 
 def _as_words(words: Sequence[Sequence[int]]) -> tuple[tuple[int, ...], ...]:
   return tuple(tuple(int(piece) for piece in word) for word in words)
-
-
-def split_words(ids: np.ndarray, word_ids: np.ndarray) -> list[np.ndarray]:
-  """Splits an encoded text ([CLS] ... [SEP], word ids -1 on specials) back into words of ids."""
-  ids, word_ids = np.asarray(ids), np.asarray(word_ids)
-  keep = word_ids >= 0
-  ids, word_ids = ids[keep], word_ids[keep]
-  return np.split(ids, np.flatnonzero(np.diff(word_ids)) + 1) if ids.size else []
 
 
 @dataclasses.dataclass(frozen=True)
@@ -167,17 +138,6 @@ def _flatten(words: Sequence[Sequence[int]], first_word: int) -> tuple[list[int]
     ids.extend(int(piece) for piece in word)
     word_ids.extend([i] * len(word))
   return ids, word_ids
-
-
-def encode_prompt(utterance: str, template: TokenizedTemplate, encode_words: EncodeWords, special: SpecialIds, *,
-                  max_text_len: int) -> PromptExample:
-  """`build_prompt` on raw text: the '.'-rule is applied to the string, then the utterance is tokenized.
-
-  Without truncation the ids are those of tokenizing `prompt_text(utterance, template.text)` (for any tokenizer
-  that keeps [MASK] whole and splits words at spaces).
-  """
-  text = _end_sentence(utterance)
-  return build_prompt(encode_words(text) if text else [], template, special, max_text_len=max_text_len)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -38,8 +38,6 @@ STORAGE_DTYPES = ('float32', 'float16')
 # FER+ classes in the order of the visual soft labels (spec section 2).
 SOFT_LABEL_CLASSES = ('neutral', 'happiness', 'surprise', 'sadness', 'anger', 'disgust', 'fear', 'contempt')
 SOFT_LABEL_DTYPE = np.dtype('<f4')
-FEATURE_KEYS = ('id', 'text', 'label', 'speaker', 'session', 'visual', 'visual_frames', 'visual_soft_labels',
-                'acoustic', 'acoustic_frames')
 
 # tensorflow/core/example/{example,feature}.proto, as a descriptor. The wire
 # format is what tf.train.Example writes and parses; the private pool keeps these

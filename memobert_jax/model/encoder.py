@@ -6,7 +6,7 @@ from flax import nnx
 from ml_collections import ConfigDict
 
 from memobert_jax.model.layers import Dense, Dropout, LayerNorm, gelu
-from memobert_jax.model.sharding import constrain
+from memobert_jax import sharding
 
 HIDDEN_AXES = ('batch', 'length', 'activation_embed')
 
@@ -69,8 +69,8 @@ class TransformerLayer(nnx.Module):
   def __call__(self, x: jax.Array, valid: jax.Array, *, deterministic: bool, rngs: nnx.Rngs | None) -> jax.Array:
     drop = lambda y: self.dropout(y, deterministic=deterministic, rngs=rngs)
     x = self.attention_norm(x + drop(self.attention(x, valid, deterministic=deterministic, rngs=rngs)))
-    x = constrain(x, HIDDEN_AXES)
-    return constrain(self.output_norm(x + drop(self.output(gelu(self.intermediate(x))))), HIDDEN_AXES)
+    x = sharding.constrain(x, HIDDEN_AXES)
+    return sharding.constrain(self.output_norm(x + drop(self.output(gelu(self.intermediate(x))))), HIDDEN_AXES)
 
 
 class Encoder(nnx.Module):

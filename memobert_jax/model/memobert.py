@@ -16,11 +16,12 @@ import jax.numpy as jnp
 from flax import nnx
 from ml_collections import ConfigDict
 
+from memobert_jax import sharding
+
 from memobert_jax.model.embeddings import FrameEmbeddings, TextEmbeddings
 from memobert_jax.model.encoder import HIDDEN_AXES, Encoder
 from memobert_jax.model.heads import ClassificationHead, FrameRegressionHead, MLMHead, Pooler
 from memobert_jax.model.layers import Dense, normal_param
-from memobert_jax.model.sharding import constrain
 
 class Encoded(NamedTuple):
   hidden: jax.Array  # [B, Lt + Lv + La, H]
@@ -119,7 +120,7 @@ class MEmoBERT(nnx.Module):
       embedded.append(self.visual_embeddings(visual, visual_masked, segment_b, **mode))
     if self.acoustic_embeddings is not None:
       embedded.append(self.acoustic_embeddings(acoustic, acoustic_masked, self.acoustic_type[...], **mode))
-    x = jnp.concatenate([constrain(e, HIDDEN_AXES) for e in embedded], axis=1)
+    x = jnp.concatenate([sharding.constrain(e, HIDDEN_AXES) for e in embedded], axis=1)
     valid = jnp.concatenate([text_mask, visual_mask, acoustic_mask], axis=1).astype(bool)
     hidden = self.encoder(x, valid, **mode)
     return Encoded(hidden, valid, text_ids.shape[1], visual.shape[1])

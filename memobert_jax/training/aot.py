@@ -1,8 +1,8 @@
 """Ahead-of-time compile of the real train step: does a config fit its devices, and how fast could it run?
 
-The step compiled is the one training runs (step.make_train_step), with the real
-state shardings (train_state.abstract_train_state) and abstract batches of the
-largest shapes the data pipeline produces, so nothing is allocated. What XLA
+The step compiled is the one training runs (setup.make_trainer), with the real
+state shardings and abstract batches of the largest shapes the data pipeline
+produces (the batch contract), so nothing is allocated. What XLA
 reports about the compiled program is measured; step time and MFU are estimates
 from published chip figures and an assumed efficiency (see `Report.estimate`).
 """
@@ -13,13 +13,12 @@ import time
 from collections.abc import Callable, Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from ml_collections import ConfigDict
 
-from memobert_jax.data import pipeline, schema
-from memobert_jax.training import loop, optimizer as optimizer_lib, partitioning, step as step_lib, tasks
-from memobert_jax.training import topology, train_state
+from memobert_jax import modes
+from memobert_jax.data import batch as batch_lib, pipeline, schema
+from memobert_jax.training import setup, topology
 from memobert_jax.training.topology import GiB
 
 _COLLECTIVES = ('all-reduce', 'all-gather', 'reduce-scatter', 'all-to-all', 'collective-permute')
@@ -35,60 +34,28 @@ ASSUMED_CLASSES = 4
 ASSUMED_VOCABULARY = 30522
 
 
-def _frame_lengths(config: ConfigDict, modalities: str) -> dict[str, int]:
-  """Padded frame counts of the longest example: the bucket holding the cap, 0 for a modality left out."""
-  data = config.data
-  return {m: pipeline.bucket(data[f'max_{m}_frames'] if m[0].upper() in modalities else 0, data[f'{m}_buckets'], m)
-          for m in ('visual', 'acoustic')}
-
-
 def batch_spec(config: ConfigDict, task: str, micro_batches: int, micro_batch_size: int,
                modalities: str = 'LVA') -> dict[str, jax.ShapeDtypeStruct]:
-  """Shapes and dtypes of a [micro_batches, micro_batch_size, ...] batch of `task` at the largest buckets.
-
-  The keys and dtypes are those of pipeline.BatchBuilder (pretraining tasks) and labelled.FinetuneBatcher
-  (prompt, cls); tests/test_aot.py checks that they agree.
-  """
+  """The abstract [micro_batches, micro_batch_size, ...] batch of `task` at the largest buckets the data can
+  fill (the batch contract of memobert_jax/data/batch.py; a modality left out has length 0)."""
+  data = config.data
+  frames = {m: batch_lib.bucket(data[f'max_{m}_frames'] if m[0].upper() in modalities else 0, data[f'{m}_buckets'], m)
+            for m in ('visual', 'acoustic')}
+  modality = batch_lib.FRAME_TASKS.get(task)
+  if modality and not frames[modality]:
+    raise ValueError(f'task {task} needs {modality} frames, which data.modalities={modalities!r} leaves out')
+  sizes = {'Lt': batch_lib.bucket(data.max_text_tokens + 2, data.text_buckets, 'text'), 'Lv': frames['visual'],
+           'La': frames['acoustic'], 'Dv': config.model.visual_dim, 'Da': config.model.acoustic_dim,
+           'C': len(schema.SOFT_LABEL_CLASSES), 'P': data.mlm_max_predictions if task == 'mlm' else 1}
   lead = (micro_batches, micro_batch_size)
-  spec = lambda *shape, dtype=jnp.float32: jax.ShapeDtypeStruct(lead + shape, jnp.dtype(dtype))
-  text = pipeline.bucket(config.data.max_text_tokens + 2, config.data.text_buckets, 'text')
-  batch = {'text_ids': spec(text, dtype=jnp.int32), 'text_mask': spec(text, dtype=bool)}
-  frames = _frame_lengths(config, modalities)
-  for modality, length in frames.items():
-    batch[modality] = spec(length, config.model[f'{modality}_dim'])
-    batch[f'{modality}_mask'] = spec(length, dtype=bool)
-    batch[f'{modality}_masked'] = spec(length, dtype=bool)
-  if task in ('mlm', 'prompt'):
-    predictions = config.data.mlm_max_predictions if task == 'mlm' else 1  # prompt: the one [MASK]
-    batch.update(mlm_positions=spec(predictions, dtype=jnp.int32), mlm_targets=spec(predictions, dtype=jnp.int32),
-                 mlm_weights=spec(predictions))
-  elif task in pipeline.FRAME_TASKS:
-    modality = pipeline.FRAME_TASKS[task]
-    if not frames[modality]:
-      raise ValueError(f'task {task} needs {modality} frames, which data.modalities={modalities!r} leaves out')
-    batch[f'{modality}_target_mask'] = spec(frames[modality], dtype=bool)
-    if task == 'visual_kl':
-      batch['visual_soft_labels'] = spec(frames[modality], len(schema.SOFT_LABEL_CLASSES))
-    else:
-      batch[f'{modality}_targets'] = batch[modality]
-  elif task == 'cls':
-    batch.update(labels=spec(dtype=jnp.int32), label_weights=spec())
-  else:
-    raise ValueError(f'unknown task {task!r}; known: {sorted(tasks.TASKS)}')
-  return batch
-
-
-def step_batching(config: ConfigDict, mesh: jax.sharding.Mesh) -> tuple[int, int]:
-  """(micro-batches, examples per micro-batch) as training would use them on this mesh."""
-  if 'finetune' in config:
-    return 1, config.batch_size  # finetuning steps are one micro-batch of batch_size (labelled.training_batches)
-  return loop.micro_batching(config, mesh)
+  return {key: jax.ShapeDtypeStruct(lead + shape, dtype)
+          for key, (shape, dtype) in batch_lib.shapes(task, sizes).items()}
 
 
 def default_tasks(config: ConfigDict) -> list[str]:
-  """The tasks a config trains: the pretraining tasks with positive weight, or the finetuning loss."""
-  if 'finetune' in config:
-    return ['cls' if config.finetune.mode == 'cls' else 'prompt']
+  """The tasks a config trains: the pretraining tasks with positive weight, or the finetuning mode's loss."""
+  if config.job == 'finetune':
+    return [modes.get(config.finetune.mode).task]
   return pipeline.task_schedule(config.tasks.weights)[0]
 
 
@@ -172,8 +139,8 @@ def _with_data_sizes(config: ConfigDict) -> ConfigDict:
   """A copy of the config with the sizes training takes from the data filled in (ASSUMED_*)."""
   config = ConfigDict(config.to_dict())
   config.model.vocab_size = config.model.vocab_size or ASSUMED_VOCABULARY
-  if 'finetune' in config:
-    config.model.num_classes = ASSUMED_CLASSES if config.finetune.mode == 'cls' else 0
+  if config.job == 'finetune':
+    config.model.num_classes = modes.get(config.finetune.mode).head_classes(ASSUMED_CLASSES)
   return config
 
 
@@ -188,26 +155,14 @@ def compile_step(config: ConfigDict, task: str, devices: Sequence[jax.Device]) -
     DoesNotFit: XLA refused the program for lack of device memory (the TPU compiler checks HBM itself).
   """
   config = _with_data_sizes(config)
-  mesh = partitioning.make_mesh(config.mesh.shape, config.mesh.axes, devices)
-  rules = config.logical_axis_rules
-  micro_batches, micro_size = step_batching(config, mesh)
-  if micro_size % partitioning.data_parallel_size(mesh, rules):
-    raise ValueError(f'batch_size {config.batch_size} does not split over the '
-                     f'{partitioning.data_parallel_size(mesh, rules)} data-parallel devices of mesh '
-                     f'{dict(mesh.shape)}: set --config.batch_size to a multiple')
-  optimizer = optimizer_lib.make_optimizer(config.optim)
-  graphdef, _ = train_state.abstract_model(config.model, config.seed)
-  state = train_state.abstract_train_state(config.model, optimizer, mesh, rules)
-  modalities = config.finetune.train_modalities if 'finetune' in config else config.data.modalities
-  batch = batch_spec(config, task, micro_batches, micro_size, modalities)
-  train_step = step_lib.make_train_step(graphdef, optimizer, seed=config.seed,
-                                        learning_rate=optimizer_lib.learning_rate_schedule(config.optim),
-                                        state_shardings=jax.tree.map(lambda a: a.sharding, state), mesh=mesh,
-                                        rules=rules)
+  trainer = setup.make_trainer(config, devices)
+  micro_batches, mesh = trainer.micro_batches, trainer.mesh
+  modalities = config.finetune.train_modalities if config.job == 'finetune' else config.data.modalities
+  batch = batch_spec(config, task, micro_batches, trainer.micro_batch_size, modalities)
   start = time.perf_counter()
   try:
     with jax.set_mesh(mesh):
-      compiled = train_step.lower(state, batch, task).compile()
+      compiled = trainer.train_step.lower(trainer.abstract_state, batch, task).compile()
   except jax.errors.JaxRuntimeError as error:
     if 'RESOURCE_EXHAUSTED' not in str(error):
       raise
@@ -224,7 +179,7 @@ def compile_step(config: ConfigDict, task: str, devices: Sequence[jax.Device]) -
   flops = float(cost.get('flops', 0.0)) * micro_batches
   positions = batch['text_ids'].shape[-1] + batch['visual'].shape[-2] + batch['acoustic'].shape[-2]
   return Report(task=task, mesh=dict(mesh.shape), devices=topology.describe(devices),
-                chip=topology.chip_of(devices[0]), batch_size=micro_batches * micro_size,
+                chip=topology.chip_of(devices[0]), batch_size=micro_batches * trainer.micro_batch_size,
                 micro_batches=micro_batches, positions=positions, memory=memory, flops=flops,
                 collective_bytes=collective_bytes(compiled.as_text(), micro_batches), compile_seconds=seconds)
 
@@ -250,7 +205,7 @@ def check(config: ConfigDict, task_names: Sequence[str], *, local: bool, efficie
   """
   on_topology = bool(config.mesh.topology) and not local
   devices = topology.topology_devices(config.mesh) if on_topology else jax.devices()
-  kind = 'finetuning' if 'finetune' in config else 'pretraining'
+  kind = 'finetuning' if config.job == 'finetune' else 'pretraining'
   log(f'{kind}: {config.model.num_layers} layers x {config.model.hidden_size}, dtype {config.model.dtype}, '
       f'remat {config.model.remat}; mesh preset {config.mesh.name} for '
       f'{"TPU topology " + config.mesh.topology if on_topology else "the local devices"}')

@@ -11,19 +11,13 @@ import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import Mesh
 
-from memobert_jax.model.sharding import activation_rules
-from memobert_jax.training import partitioning
+from memobert_jax import sharding
 from memobert_jax.training.tasks import TASKS
 from memobert_jax.training.train_state import TrainState
 
 StepFn = Callable[[TrainState, dict, str], tuple[TrainState, dict]]
-
-
-def train_batch_sharding(mesh: Mesh, rules: partitioning.Rules) -> NamedSharding:
-  """[A, b, ...] arrays: micro-batch axis replicated, example axis split over the data-parallel axes."""
-  return NamedSharding(mesh, PartitionSpec(None, *partitioning.logical_to_spec(('batch',), rules)))
 
 
 def dropout_key(seed: int, step: jax.Array, micro_batch: jax.Array) -> jax.Array:
@@ -34,14 +28,14 @@ def dropout_key(seed: int, step: jax.Array, micro_batch: jax.Array) -> jax.Array
 
 def make_train_step(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformation, *, seed: int,
                     learning_rate: optax.Schedule, state_shardings: TrainState, mesh: Mesh,
-                    rules: partitioning.Rules) -> StepFn:
+                    rules: sharding.Rules) -> StepFn:
 
   def step(state: TrainState, batch: dict, task: str) -> tuple[TrainState, dict]:
     task_fn = TASKS[task]
 
     def loss_sum(params, micro_batch, key):
       model = nnx.merge(graphdef, params)
-      with activation_rules(rules):
+      with sharding.axis_rules(rules):
         total, count, metrics = task_fn(model, micro_batch, False, key)
       return total, (count, metrics)
 
@@ -68,19 +62,19 @@ def make_train_step(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformat
     return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
   return jax.jit(step, static_argnames='task', donate_argnums=0,
-                 in_shardings=(state_shardings, train_batch_sharding(mesh, rules)),
-                 out_shardings=(state_shardings, partitioning.replicated(mesh)))
+                 in_shardings=(state_shardings, sharding.batch_sharding(mesh, rules)),
+                 out_shardings=(state_shardings, sharding.replicated(mesh)))
 
 
 def make_eval_step(graphdef: nnx.GraphDef, *, state_shardings: TrainState, mesh: Mesh,
-                   rules: partitioning.Rules) -> Callable[[TrainState, dict, str], tuple[jax.Array, jax.Array]]:
+                   rules: sharding.Rules) -> Callable[[TrainState, dict, str], tuple[jax.Array, jax.Array]]:
   """(loss sum, target count) of a task over an [A, b, ...] batch, without dropout."""
 
   def evaluate(state: TrainState, batch: dict, task: str) -> tuple[jax.Array, jax.Array]:
     model = nnx.merge(graphdef, state.params)
 
     def add(carry, micro_batch):
-      with activation_rules(rules):
+      with sharding.axis_rules(rules):
         total, count, _ = TASKS[task](model, micro_batch, True, None)
       return (carry[0] + total, carry[1] + count), None
 
@@ -88,5 +82,5 @@ def make_eval_step(graphdef: nnx.GraphDef, *, state_shardings: TrainState, mesh:
     return total, count
 
   return jax.jit(evaluate, static_argnames='task',
-                 in_shardings=(state_shardings, train_batch_sharding(mesh, rules)),
-                 out_shardings=partitioning.replicated(mesh))
+                 in_shardings=(state_shardings, sharding.batch_sharding(mesh, rules)),
+                 out_shardings=sharding.replicated(mesh))

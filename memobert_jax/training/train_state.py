@@ -1,7 +1,5 @@
 """The train state (step, parameters, optimizer state) and its sharded creation."""
 
-from typing import Any
-
 import jax
 import jax.numpy as jnp
 import optax
@@ -10,7 +8,7 @@ from jax.sharding import Mesh
 from ml_collections import ConfigDict
 
 from memobert_jax.model import MEmoBERT
-from memobert_jax.training import partitioning
+from memobert_jax import sharding
 
 
 class TrainState(struct.PyTreeNode):
@@ -26,16 +24,8 @@ def abstract_model(model_cfg: ConfigDict, seed: int = 0) -> tuple[nnx.GraphDef, 
   return graphdef, params
 
 
-def tree_shardings(tree: Any, mesh: Mesh, rules: partitioning.Rules) -> Any:
-  """Shardings for a tree holding NNX variables (laid out by their logical axes) and plain arrays (replicated)."""
-  is_variable = lambda x: isinstance(x, nnx.Variable)
-  return jax.tree.map(
-      lambda x: partitioning.state_shardings(x, mesh, rules) if is_variable(x) else partitioning.replicated(mesh),
-      tree, is_leaf=is_variable)
-
-
 def create_train_state(model_cfg: ConfigDict, optimizer: optax.GradientTransformation, mesh: Mesh,
-                       rules: partitioning.Rules, seed: int) -> tuple[nnx.GraphDef, TrainState, TrainState]:
+                       rules: sharding.Rules, seed: int) -> tuple[nnx.GraphDef, TrainState, TrainState]:
   """Initialises a fresh state directly in its sharded layout (no full copy on any one device).
 
   Returns the model's graph definition, the state and the state's shardings.
@@ -46,15 +36,15 @@ def create_train_state(model_cfg: ConfigDict, optimizer: optax.GradientTransform
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params))
 
   graphdef, _ = abstract_model(model_cfg, seed)
-  shardings = tree_shardings(jax.eval_shape(init), mesh, rules)
+  shardings = sharding.tree_shardings(jax.eval_shape(init), mesh, rules)
   state = jax.jit(init, out_shardings=shardings)()
   return graphdef, state, shardings
 
 
 def abstract_train_state(model_cfg: ConfigDict, optimizer: optax.GradientTransformation, mesh: Mesh,
-                         rules: partitioning.Rules) -> TrainState:
+                         rules: sharding.Rules) -> TrainState:
   """Shape-and-sharding-only state: the restore target for checkpoints, on any mesh."""
   _, params = abstract_model(model_cfg)
   abstract = jax.eval_shape(lambda p: TrainState(jnp.zeros((), jnp.int32), p, optimizer.init(p)), params)
-  shardings = tree_shardings(abstract, mesh, rules)
+  shardings = sharding.tree_shardings(abstract, mesh, rules)
   return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)

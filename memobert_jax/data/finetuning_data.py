@@ -1,12 +1,8 @@
-"""Labelled utterances for finetuning and evaluation: loading, fold splits, and batches per mode.
+"""The finetuning data: labelled utterances, fold splits, and batches per mode (memobert_jax/modes.py).
 
 Emotion corpora are small (IEMOCAP: ~5.5k utterances), so a dataset is read once
 into memory and batched by plain numpy code; the grain pipeline serves pretraining.
 
-Modes (spec section 4):
-  prompt     text + template ("... I am [MASK] ."), loss at [MASK] over the vocabulary
-  prompt_cm  prompt, each training utterance also in the 6 other cross-modal cases
-  cls        [CLS] text [SEP], the pooled [CLS] head
 Modality subsets ('LVA', 'LA', 'V', ...): a letter present keeps that input; without L
 the prompt stands alone ("[CLS] i am [MASK] . [SEP]").
 """
@@ -18,11 +14,10 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 from ml_collections import ConfigDict
 
-from memobert_jax import tokenizer as tokenizer_lib
-from memobert_jax.data import folds as folds_lib, normalization, prompt as prompt_lib, schema
-from memobert_jax.data.pipeline import Padder, ShardRecords, open_source, special_ids
+from memobert_jax import modes, tokenizer as tokenizer_lib
+from memobert_jax.data import batch as batch_lib, folds as folds_lib, masking, normalization, prompt as prompt_lib
+from memobert_jax.data import schema, sources
 
-MODES = ('prompt', 'prompt_cm', 'cls')
 MODALITY_LETTERS = {'L': 'text', 'V': 'visual', 'A': 'acoustic'}
 
 
@@ -55,7 +50,7 @@ def _decoded(record: bytes, metadata: schema.DatasetMetadata, file: str, index: 
 def load_utterances(path: str, splits: Sequence[str], model_cfg: ConfigDict, data_cfg: ConfigDict,
                     tokenizer: tokenizer_lib.Tokenizer) -> tuple[list[Utterance], list[str]]:
   """Every labelled utterance of the given splits; returns them and the dataset's label names."""
-  source = open_source(path, 1.0, model_cfg)
+  source = sources.open_source(path, 1.0, model_cfg)
   metadata = source.metadata
   utterances = []
   for split in splits:
@@ -63,7 +58,7 @@ def load_utterances(path: str, splits: Sequence[str], model_cfg: ConfigDict, dat
       raise ValueError(f'{path} has no split {split!r}; it has {sorted(metadata.splits)}')
     for shard in metadata.splits[split].shards:
       file = os.path.join(path, shard.file)
-      for index, record in enumerate(ShardRecords(file, shard.num_bytes)):
+      for index, record in enumerate(sources.ShardRecords(file, shard.num_bytes)):
         example = _decoded(record, metadata, file, index)
         if example['label'] == schema.UNLABELLED:
           raise ValueError(f'{file}: utterance {example["id"]} has no label; finetuning needs labels')
@@ -102,12 +97,10 @@ class FinetuneBatcher:
   """Builds [1, b, ...] batches (one micro-batch) for a finetuning mode and a modality subset."""
 
   def __init__(self, config: ConfigDict, tokenizer: tokenizer_lib.Tokenizer, label_names: Sequence[str]):
-    self.mode = config.finetune.mode
-    if self.mode not in MODES:
-      raise ValueError(f'finetune.mode {self.mode!r} is not one of {MODES}')
-    self.special = special_ids(tokenizer)
+    self.mode = modes.get(config.finetune.mode)
+    self.special = masking.special_ids(tokenizer)
     self.max_text_len = config.data.max_text_tokens + 2
-    self.pad_inputs = Padder(config.data, config.model, tokenizer.pad_id)
+    self.pad_inputs = batch_lib.Padder(config.data, config.model, tokenizer.pad_id)
     words = list(config.finetune.label_words) or list(label_names)
     if len(words) != len(label_names):
       raise ValueError(f'finetune.label_words {words} must give one word per class {list(label_names)}')
@@ -119,7 +112,7 @@ class FinetuneBatcher:
   def _text(self, utterance: Utterance, with_text: bool) -> tuple[np.ndarray, int]:
     """Token ids and the [MASK] position (prompt modes; -1 for cls)."""
     words = utterance.words if with_text else ()
-    if self.mode == 'cls':
+    if not self.mode.prompted:
       ids, budget = [self.special.cls], self.max_text_len - 2
       for word in words:
         if len(ids) - 1 + len(word) > budget:
@@ -147,7 +140,7 @@ class FinetuneBatcher:
     acoustics += [acoustics[0][:0]] * padding
     batch = self.pad_inputs(texts, visuals, acoustics)
     labels = np.array(labels + [0] * padding, np.int32)
-    if self.mode == 'cls':
+    if not self.mode.prompted:
       batch.update(labels=labels, label_weights=weights)
     else:
       batch.update(mlm_positions=np.array(positions + [0] * padding, np.int32)[:, None],
@@ -156,7 +149,7 @@ class FinetuneBatcher:
 
   def training_items(self, utterances: Sequence[Utterance], subset: str) -> list[tuple[Utterance, str]]:
     """What one training epoch visits: each utterance with the subset, or its 7 cross-modal cases (prompt_cm)."""
-    if self.mode != 'prompt_cm':
+    if not self.mode.cross_modal:
       return [(u, subset) for u in utterances]
     return [(u, case.name) for u in utterances
             for case in prompt_lib.cross_modal_cases(len(u.visual) > 0, len(u.acoustic) > 0)]
