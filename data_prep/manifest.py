@@ -101,7 +101,8 @@ class FeatureOptions:
     return self.acoustic_config or acoustic_features.AcousticFeatureConfig()
 
   def acoustic_config_dict(self) -> dict[str, Any]:
-    return dataclasses.asdict(self.resolved_acoustic_config())
+    from data_prep import acoustic_features
+    return acoustic_features.describe(self.resolved_acoustic_config())
 
 
 @dataclasses.dataclass
@@ -307,7 +308,8 @@ def _soft_labels(array: np.ndarray, path: str) -> np.ndarray:
   return soft
 
 
-def _wav_cache_path(utt: Utterance, options: FeatureOptions) -> str | None:
+def wav_cache_path(utt: Utterance, options: FeatureOptions) -> str | None:
+  """Where the features extracted from the utterance's wav are kept (None without a cache folder)."""
   if options.cache_dir is None:
     return None
   stat = os.stat(utt.wav)
@@ -318,21 +320,27 @@ def _wav_cache_path(utt: Utterance, options: FeatureOptions) -> str | None:
 def _acoustic_from_wav(utt: Utterance, options: FeatureOptions) -> np.ndarray:
   from data_prep import acoustic_features  # librosa is only needed when a manifest has wavs
   try:
-    cache = _wav_cache_path(utt, options)
+    cache = wav_cache_path(utt, options)
   except OSError as e:
     raise _FileProblem(utt.wav, f'unreadable wav ({type(e).__name__}: {e})') from e
   if cache is not None and os.path.exists(cache):
     return np.load(cache)
   try:
-    features = acoustic_features.extract_from_wav(utt.wav, options.resolved_acoustic_config())
+    [features] = acoustic_features.extract_batch([utt.wav], options.resolved_acoustic_config())
   except Exception as e:  # decoders raise many types; each is an unreadable file for the user
     raise _FileProblem(utt.wav, f'unreadable wav ({type(e).__name__}: {e})') from e
-  if cache is not None:
-    os.makedirs(options.cache_dir, exist_ok=True)
-    tmp = f'{cache}.tmp-{os.getpid()}.npy'
-    np.save(tmp, features)
-    os.replace(tmp, cache)
+  save_cached(cache, features)
   return features
+
+
+def save_cached(cache: str | None, features: np.ndarray) -> None:
+  """Keeps extracted features for validation, writing and later runs (written whole or not at all)."""
+  if cache is None:
+    return
+  os.makedirs(os.path.dirname(cache), exist_ok=True)
+  tmp = f'{cache}.tmp-{os.getpid()}.npy'
+  np.save(tmp, features)
+  os.replace(tmp, cache)
 
 
 def _load_full(utt: Utterance, options: FeatureOptions) -> tuple[Features, bool]:

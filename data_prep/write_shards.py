@@ -2,7 +2,8 @@
 
   python -m data_prep.write_shards --manifest corpus/manifest.jsonl --output data/corpus \
       --num_shards 16 --workers 8 [--labels anger,happy,neutral,sad] [--storage_dtype float16] \
-      [--on_error fail|skip] [--max_visual_frames N] [--max_acoustic_frames N] [librosa flags: --kinds ...]
+      [--on_error fail|skip] [--max_visual_frames N] [--max_acoustic_frames N]
+      [--wav2vec2 CHECKPOINT [--wav2vec2_layer -1] | librosa flags: --kinds ...]
 
 Every example is validated before any shard is written; with `--on_error fail`
 (default) any problem stops the job and all problems are listed, with `skip`
@@ -53,14 +54,6 @@ class ShardPlan:
   digest: str
 
 
-def _sha256_file(path: str) -> str:
-  digest = hashlib.sha256()
-  with open(path, 'rb') as f:
-    for block in iter(lambda: f.read(1 << 20), b''):
-      digest.update(block)
-  return digest.hexdigest()
-
-
 def assign_shards(utterances: Sequence[manifest_lib.Utterance], num_shards: int) -> list[list[manifest_lib.Utterance]]:
   """Deterministic assignment: order by SHA-256 of the id, then round-robin (shard sizes differ by at most one)."""
   ordered = sorted(utterances, key=lambda u: hashlib.sha256(u.id.encode('utf-8')).digest())
@@ -93,6 +86,46 @@ def _acoustic_config_if_used(validated: manifest_lib.ValidatedManifest,
   return None
 
 
+def extract_from_wavs(manifest: str | os.PathLike, options: manifest_lib.FeatureOptions, progress: bool) -> dict:
+  """Extracts the acoustic frames of every utterance that has a wav and no acoustic .npy into the cache, in
+  batches (wav2vec 2.0 runs jitted, on the accelerator when there is one), before validation reads them.
+
+  Returns what the summary says of the audio: how many wavs were resampled, from which rates.
+  """
+  utterances, _ = manifest_lib.read_manifest(manifest)
+  wavs = [u for u in utterances if u.wav and not u.acoustic and os.path.isfile(u.wav)]
+  if not wavs:
+    return {'from_wav': 0}
+  from data_prep import acoustic_features  # librosa, jax and PyAV only where a manifest has wavs
+  from memobert_jax.features import media
+  config = options.resolved_acoustic_config()
+  target = acoustic_features.sample_rate(config)
+  rates = collections.Counter()
+  for utt in wavs:
+    with contextlib.suppress(media.MediaError):  # an unreadable wav is validation's to report, naming it
+      rates[media.probe(utt.wav).audio_sample_rate] += 1
+  todo = [(u, manifest_lib.wav_cache_path(u, options)) for u in wavs]
+  todo = [(u, cache) for u, cache in todo if not os.path.exists(cache)]
+  if isinstance(config, acoustic_features.Wav2Vec2Config):
+    batch = config.batch_size * 8  # the extractor sorts each chunk by length into its own batches
+    for start in tqdm(range(0, len(todo), batch), desc='wav2vec 2.0', unit=f' x{batch} wavs', disable=not progress):
+      chunk = todo[start:start + batch]
+      with contextlib.suppress(Exception):  # validation extracts a failing chunk one wav at a time, naming it
+        for (_, cache), features in zip(chunk, acoustic_features.extract_batch([u.wav for u, _ in chunk], config)):
+          manifest_lib.save_cached(cache, features)
+  return {'from_wav': len(wavs), 'sample_rate': target,
+          'resampled': {str(rate): count for rate, count in sorted(rates.items()) if rate != target}}
+
+
+def _recorded_extractors(manifest: str | os.PathLike) -> dict:
+  """MANIFEST.features.json: how the job that wrote the manifest made its features (data_prep/corpora/video.py)."""
+  path = f'{os.fspath(manifest)}.features.json'
+  if not os.path.exists(path):
+    return {}
+  with open(path, encoding='utf-8') as f:
+    return json.load(f)
+
+
 def _state_path(output_dir: str, file: str) -> str:
   return os.path.join(output_dir, STATE_DIR, file + '.json')
 
@@ -104,7 +137,7 @@ def finished_shard(output_dir: str, plan: ShardPlan) -> tuple[schema.ShardInfo, 
       state = json.load(f)
     path = os.path.join(output_dir, plan.file)
     if (state['digest'] != plan.digest or state['num_examples'] != len(plan.utterances) or
-        os.path.getsize(path) != state['num_bytes'] or _sha256_file(path) != state['sha256']):
+        os.path.getsize(path) != state['num_bytes'] or schema.sha256_file(path) != state['sha256']):
       return None
   except (OSError, ValueError, KeyError):
     return None
@@ -144,7 +177,7 @@ def write_shard(plan: ShardPlan, output_dir: str, options: manifest_lib.FeatureO
   tmp = os.path.join(output_dir, f'.{plan.file}.tmp-{os.getpid()}')
   try:
     moments = _write_records(tmp, plan, options, label_names)
-    info = schema.ShardInfo(plan.file, len(plan.utterances), os.path.getsize(tmp), _sha256_file(tmp))
+    info = schema.ShardInfo(plan.file, len(plan.utterances), os.path.getsize(tmp), schema.sha256_file(tmp))
     os.replace(tmp, final)
   except BaseException:  # KeyboardInterrupt too
     with contextlib.suppress(FileNotFoundError):
@@ -259,6 +292,7 @@ def write_shards(manifest: str | os.PathLike, output_dir: str | os.PathLike, *, 
   output_dir = os.path.abspath(os.fspath(output_dir))
   options = manifest_lib.FeatureOptions(storage_dtype, max_visual_frames, max_acoustic_frames, acoustic_config,
                                         cache_dir=os.path.join(output_dir, CACHE_DIR))
+  audio = extract_from_wavs(manifest, options, progress)
   with manifest_lib.worker_map(workers) as imap:
     validated = manifest_lib.validate(manifest, labels=labels, options=options, on_error=on_error, imap=imap,
                                       progress=progress)
@@ -291,9 +325,11 @@ def write_shards(manifest: str | os.PathLike, output_dir: str | os.PathLike, *, 
       acoustic_dim=validated.acoustic_dim, storage_dtype=storage_dtype, splits=split_infos,
       max_visual_frames=max_visual_frames, max_acoustic_frames=max_acoustic_frames,
       acoustic_extractor=_acoustic_config_if_used(validated, options),
+      visual_extractor=_recorded_extractors(manifest).get('visual'),
       created_by={'command': list(command) if command is not None else None,
                   'manifest': os.path.abspath(os.fspath(manifest)), 'num_shards': num_shards, 'on_error': on_error})
   summary = summarize(validated, options)
+  summary['audio'] = audio
   written = [p.file for p in todo]
   summary['shards'] = {'written': written, 'kept': [p.file for p in plans if p.file not in written],
                        'removed_stale': removed}
@@ -317,10 +353,18 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
   parser.add_argument('--max_acoustic_frames', type=int, default=None, help='store only the first N (default: all)')
   parser.add_argument('--name', default=None, help='dataset name (default: the output folder name)')
   parser.add_argument('--quiet', action='store_true', help='no progress bars')
-  group = parser.add_argument_group('librosa extractor (utterances with a wav and no acoustic .npy)')
+  group = parser.add_argument_group('acoustic frames of utterances with a wav and no acoustic .npy: wav2vec 2.0 '
+                                    '(--wav2vec2) or the librosa extractor')
+  group.add_argument('--wav2vec2', default=None, help='a Hugging Face wav2vec 2.0 / HuBERT checkpoint folder')
+  group.add_argument('--wav2vec2_layer', type=int, default=-1, help='hidden state taken (-1: the last)')
+  group.add_argument('--wav2vec2_batch_size', type=int, default=8, help='waveforms per jitted batch')
   acoustic_features.add_config_flags(group)
   args = parser.parse_args(argv)
-  args.acoustic_config = acoustic_features.config_from_args(args)
+  args.acoustic_config = (acoustic_features.Wav2Vec2Config(args.wav2vec2, layer=args.wav2vec2_layer,
+                                                           pool=args.pool, max_frames=args.max_frames or None,
+                                                           max_seconds=args.max_seconds,
+                                                           batch_size=args.wav2vec2_batch_size)
+                          if args.wav2vec2 else acoustic_features.config_from_args(args))
   return args
 
 

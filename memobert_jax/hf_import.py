@@ -23,7 +23,7 @@ import pickle
 import re
 import shutil
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
 import ml_dtypes
@@ -260,11 +260,8 @@ def convert_state_dict(tensors: Mapping[str, np.ndarray], fields: Mapping[str, A
   norm('text_embeddings/norm', 'embeddings.LayerNorm')
   for i in range(fields['num_layers']):
     ours, theirs = f'encoder/layers/{i}', f'encoder.layer.{i}'
-    # Query, key and value fused along a new axis: kernel [H, 3, heads, head_dim].
-    qkv = [f'{theirs}.attention.self.{n}' for n in ('query', 'key', 'value')]
-    params[f'{ours}/attention/qkv/kernel'] = np.stack([t[f'{n}.weight'].T for n in qkv], axis=1).reshape(
-        fields['hidden_size'], 3, heads, head_dim)
-    params[f'{ours}/attention/qkv/bias'] = np.stack([t[f'{n}.bias'] for n in qkv]).reshape(3, heads, head_dim)
+    params[f'{ours}/attention/qkv/kernel'], params[f'{ours}/attention/qkv/bias'] = fused_qkv(
+        t, [f'{theirs}.attention.self.{n}' for n in ('query', 'key', 'value')], heads, head_dim)
     dense(f'{ours}/attention/out', f'{theirs}.attention.output.dense', in_shape=(heads, head_dim))
     norm(f'{ours}/attention_norm', f'{theirs}.attention.output.LayerNorm')
     dense(f'{ours}/intermediate', f'{theirs}.intermediate.dense')
@@ -279,13 +276,24 @@ def convert_state_dict(tensors: Mapping[str, np.ndarray], fields: Mapping[str, A
   return {k: np.ascontiguousarray(v) for k, v in params.items()}
 
 
-def _weights_path(hf_dir: pathlib.Path, weights_file: str | None) -> pathlib.Path:
+def weights_path(folder: str | pathlib.Path, weights_file: str | None = None) -> pathlib.Path:
+  """The weights file of a Hugging Face folder: `weights_file`, else the first of WEIGHT_FILES present."""
+  folder = pathlib.Path(folder)
   if weights_file:
-    return hf_dir / weights_file
+    return folder / weights_file
   for name in WEIGHT_FILES:
-    if (hf_dir / name).is_file():
-      return hf_dir / name
-  raise FileNotFoundError(f'{hf_dir} has none of {", ".join(WEIGHT_FILES)}')
+    if (folder / name).is_file():
+      return folder / name
+  raise FileNotFoundError(f'{folder} has none of {", ".join(WEIGHT_FILES)}')
+
+
+def fused_qkv(tensors: Mapping[str, np.ndarray], projections: Sequence[str], heads: int,
+              head_dim: int) -> tuple[np.ndarray, np.ndarray]:
+  """Query, key and value Linear layers (torch [out, in]) fused along a new axis: kernel [H, 3, heads, head_dim],
+  bias [3, heads, head_dim]."""
+  kernel = np.stack([tensors[f'{n}.weight'].T for n in projections], axis=1)
+  bias = np.stack([tensors[f'{n}.bias'] for n in projections])
+  return kernel.reshape(kernel.shape[0], 3, heads, head_dim), bias.reshape(3, heads, head_dim)
 
 
 def load_hf_bert(hf_dir: str | pathlib.Path, weights_file: str | None = None
@@ -295,7 +303,7 @@ def load_hf_bert(hf_dir: str | pathlib.Path, weights_file: str | None = None
   if not (hf_dir / 'config.json').is_file():
     raise FileNotFoundError(f'{hf_dir} has no config.json: not a Hugging Face model folder')
   fields = model_fields(json.loads((hf_dir / 'config.json').read_text()))
-  return fields, convert_state_dict(read_weights(_weights_path(hf_dir, weights_file)), fields)
+  return fields, convert_state_dict(read_weights(weights_path(hf_dir, weights_file)), fields)
 
 
 def convert(hf_dir: str | pathlib.Path, output: str | pathlib.Path, *, weights_file: str | None = None,
@@ -304,7 +312,7 @@ def convert(hf_dir: str | pathlib.Path, output: str | pathlib.Path, *, weights_f
   hf_dir, output = pathlib.Path(hf_dir).resolve(), pathlib.Path(output).resolve()
   if not (hf_dir / VOCAB_FILE).is_file():
     raise FileNotFoundError(f'{hf_dir} has no {VOCAB_FILE}: the tokenizer needs the vocabulary the weights go with')
-  weights = _weights_path(hf_dir, weights_file)
+  weights = weights_path(hf_dir, weights_file)
   fields, params = load_hf_bert(hf_dir, weights.name)
   vocab_lines = len((hf_dir / VOCAB_FILE).read_text(encoding='utf-8').splitlines())
   if vocab_lines > fields['vocab_size']:

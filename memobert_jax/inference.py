@@ -63,7 +63,7 @@ class Predictor:
     if 'finetune' not in metadata:
       raise ValueError(f'{model_dir} is not a finetuned model (no finetune settings in its metadata): '
                        f'give the best/ folder of a finetuning run')
-    self.metadata = metadata
+    self.model_dir, self.metadata = model_dir, metadata
     model_cfg = ConfigDict(metadata['model_config'])
     caps = {m: metadata[f'max_{m}_frames'] for m in ('visual', 'acoustic')}
     # What the batcher reads of a finetuning config: one bucket per modality, as long as the caps allow.
@@ -96,8 +96,10 @@ class Predictor:
                                           acoustic[:data.max_acoustic_frames])
     return finetuning_data.standardize(utterance, self.feature_stats)
 
-  def __call__(self, utterances: Sequence[finetuning_data.Utterance]) -> list[dict]:
-    subset = self.config.finetune.eval_modalities
+  def __call__(self, utterances: Sequence[finetuning_data.Utterance], subset: str | None = None) -> list[dict]:
+    """Label and class probabilities per utterance, from the modalities of `subset` (default: those the model
+    was evaluated on)."""
+    subset = subset or self.config.finetune.eval_modalities
     batches = finetuning_data.evaluation_batches(self.batcher, list(utterances), subset, EVAL_BATCH)
     predicted, probabilities = predict_classes(self.scorer, self.params, batches, len(utterances))
     return [{'id': u.id, 'label': self.label_names[p],

@@ -138,7 +138,8 @@ def attach_features(records: list[dict], fields: Sequence[dict], wavs: Sequence[
 
 
 def write_manifest(records: Iterable[dict], path: str | os.PathLike) -> int:
-  """Writes JSONL (ids must be unique); returns the number of lines."""
+  """Writes JSONL (ids must be unique; the contract's keys first, then any of the adapter's own); returns the
+  number of lines."""
   path = Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
   seen = set()
@@ -149,7 +150,8 @@ def write_manifest(records: Iterable[dict], path: str | os.PathLike) -> int:
         raise ValueError(f'duplicate utterance id {rec["id"]!r} in manifest {path}')
       seen.add(rec['id'])
       _check_text(rec, path)
-      f.write(json.dumps({k: rec[k] for k in MANIFEST_KEYS}, ensure_ascii=False) + '\n')
+      extra = {k: v for k, v in rec.items() if k not in MANIFEST_KEYS}  # an adapter's own keys, after the contract's
+      f.write(json.dumps({**{k: rec[k] for k in MANIFEST_KEYS}, **extra}, ensure_ascii=False) + '\n')
       count += 1
   return count
 

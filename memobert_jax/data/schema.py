@@ -24,6 +24,7 @@ neither writing nor reading an example needs TensorFlow.
 
 import contextlib
 import dataclasses
+import hashlib
 import json
 import os
 from typing import Any
@@ -131,7 +132,8 @@ class DatasetMetadata:
   splits: dict[str, SplitInfo] = dataclasses.field(default_factory=dict)
   max_visual_frames: int | None = None
   max_acoustic_frames: int | None = None
-  acoustic_extractor: dict[str, Any] | None = None  # librosa config, if any example's features came from a wav
+  acoustic_extractor: dict[str, Any] | None = None  # the extractor, if any example's features came from a wav
+  visual_extractor: dict[str, Any] | None = None  # how the visual features were made (MANIFEST.features.json)
   created_by: dict[str, Any] = dataclasses.field(default_factory=dict)  # command line and options of the job
   schema_version: int = SCHEMA_VERSION
 
@@ -164,6 +166,15 @@ class DatasetMetadata:
   def load(cls, directory: str | os.PathLike) -> 'DatasetMetadata':
     with open(os.path.join(directory, METADATA_FILE), encoding='utf-8') as f:
       return cls.from_json(f.read())
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+  """The SHA-256 of a file's bytes, read in 1 MiB blocks."""
+  digest = hashlib.sha256()
+  with open(path, 'rb') as f:
+    for block in iter(lambda: f.read(1 << 20), b''):
+      digest.update(block)
+  return digest.hexdigest()
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:

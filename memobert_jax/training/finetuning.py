@@ -18,7 +18,7 @@ import numpy as np
 from ml_collections import ConfigDict
 
 from memobert_jax import config_utils, evaluation, inference, init_checkpoint, modes, sharding
-from memobert_jax.data import finetuning_data, schema
+from memobert_jax.data import finetuning_data, sources
 from memobert_jax.training import setup, workdir as workdir_lib
 
 RESULTS_FILE = 'results.json'
@@ -34,8 +34,8 @@ def finetune(config: ConfigDict, workdir: str, *, allow_config_change: bool = Fa
   mode = modes.get(settings.mode)
   finetuning_data.check_modalities(settings.train_modalities)
   finetuning_data.check_modalities(settings.eval_modalities)
-  splits = ([s for s in config.data.splits.split(',') if s] or
-            list(schema.DatasetMetadata.load(config.data.train).splits))
+  dataset = sources.open_source(config.data.train, 1.0, config.model).metadata
+  splits = [s for s in config.data.splits.split(',') if s] or list(dataset.splits)
   utterances, label_names = finetuning_data.load_utterances(config.data.train, splits, config.model, config.data,
                                                             tokenizer)
   config = setup.resolve(config, tokenizer, len(label_names))
@@ -109,7 +109,9 @@ def finetune(config: ConfigDict, workdir: str, *, allow_config_change: bool = Fa
                                max_text_tokens=config.data.max_text_tokens,
                                max_visual_frames=config.data.max_visual_frames,
                                max_acoustic_frames=config.data.max_acoustic_frames,
-                               feature_stats={m: s.to_json() for m, s in stats.items()})
+                               feature_stats={m: s.to_json() for m, s in stats.items()},
+                               # How the training data's frames were made: predict makes a new clip's the same way.
+                               extractors={'visual': dataset.visual_extractor, 'acoustic': dataset.acoustic_extractor})
   if jax.process_index() == 0:
     evaluation.plot_confusion(np.array(test_scores['confusion']), label_names, os.path.join(workdir, 'confusion.png'),
                               f'{settings.mode}, fold {settings.fold}: test UA {100 * test_scores["ua"]:.1f}')
