@@ -4,6 +4,8 @@ Variants: `--config configs/pretrain.py:<model>[,mesh=<preset>][,key=value...]`
   model  tiny | mini | base (default base: the paper's bert-base)
   mesh   cpu | gpu | gpu8 | v4-8 | v5p-8 | v5e-8 | v6e-8 | v4-32 | v5e-16 | v5e-256 (configs/common.py MESHES)
   steps  optimizer steps (default 40000, the paper's)
+  stage  multimodal (the four MEmoBERT tasks) | text (the paper's stage 1: masked words on text alone,
+         e.g. to train the MLM head of a checkpoint that has none before prompting; any shards, frames unread)
 Everything else is overridden with `--config.key=value`, e.g.
   --config.data.train=/data/pretrain_shards --config.init.checkpoint=/ckpt/bert-base-uncased
 """
@@ -14,11 +16,14 @@ from configs import common
 
 
 # The variant arguments and their defaults; a bare word sets `model`.
-ARGUMENTS = dict(model='base', mesh='gpu', steps=40000)
+ARGUMENTS = dict(model='base', mesh='gpu', steps=40000, stage='multimodal')
+STAGES = ('multimodal', 'text')
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   arg = common.parse_arg(arg, 'model', **ARGUMENTS)
+  if arg.stage not in STAGES:
+    raise ValueError(f'unknown stage {arg.stage!r}; known: {STAGES}')
   mesh = common.mesh_preset(arg.mesh)
   config = ml_collections.ConfigDict()
   config.job = 'pretrain'  # which loop runs it (memobert_jax/training/setup.py JOBS)
@@ -42,6 +47,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       acoustic_span=3,
       acoustic_ratio=0.15,
   ))
+
+  if arg.stage == 'text':
+    config.data.modalities = 'L'
+    config.tasks.weights.update(visual_regression=0.0, visual_kl=0.0, acoustic_regression=0.0)
 
   # Examples per optimizer step: the paper's 640 (160 x 4 accumulation), or what the mesh preset needs.
   config.batch_size = mesh.batch_size

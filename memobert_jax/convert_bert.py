@@ -9,7 +9,7 @@ initialisation; see memobert_jax/hf_import.py.
 import argparse
 from collections.abc import Sequence
 
-from memobert_jax import hf_import
+from memobert_jax import hf_import, init_checkpoint
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -25,6 +25,10 @@ def main(argv: Sequence[str] | None = None) -> None:
   print(f"converted {metadata['source']}/{metadata['weights_file']} -> {args.output}: "
         f"{len(metadata['params'])} parameters (embeddings, {metadata['config']['num_layers']} layers"
         f"{''.join(', ' + p for p in parts)}); config {metadata['config']}")
+  if not init_checkpoint.has_mlm_head(metadata):
+    print(f'warning: {args.hf_dir} has no MLM head (cls.predictions.*): it starts at random, and prompting reads the '
+          f'label words through it. Train it by the text stage first:\n  '
+          f'{init_checkpoint.TEXT_STAGE.replace("INIT", args.output)}')
 
 
 if __name__ == '__main__':

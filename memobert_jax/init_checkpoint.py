@@ -78,6 +78,18 @@ def export_state(state: nnx.State, output: str | pathlib.Path, model_cfg: Config
   return save(output, flat, model_cfg, source=source, overwrite=True, model_config=model_cfg.to_dict(), **extra)
 
 
+MLM_HEAD = 'mlm_head/'
+# How a checkpoint without a trained MLM head gets one: the paper's stage 1 (masked words on text alone).
+TEXT_STAGE = ('python -m memobert_jax.train --config configs/pretrain.py:base,stage=text --workdir runs/text_stage '
+              '--config.init.checkpoint=INIT --config.data.train=TEXT_SHARDS; then finetune from runs/text_stage/export')
+
+
+def has_mlm_head(metadata: Mapping[str, Any]) -> bool:
+  """Whether an init checkpoint carries the MLM head (transform and bias) that prompting reads the label words
+  through; sentence-embedding checkpoints (all-MiniLM and the like) ship none."""
+  return any(name.startswith(MLM_HEAD) for name in metadata['params'])
+
+
 def read_metadata(init_dir: str | pathlib.Path) -> dict[str, Any]:
   init_dir = pathlib.Path(init_dir)
   if not init_dir.is_dir():

@@ -266,3 +266,15 @@ def test_torch_reader_refuses_other_globals(tmp_path):
   (tmp_path / 'legacy.bin').write_bytes(pickle.dumps({'x': 1}))
   with pytest.raises(ValueError, match='legacy'):
     hf_import.read_torch_bin(tmp_path / 'legacy.bin')
+
+
+def test_a_checkpoint_without_an_mlm_head_is_said_to_need_the_text_stage(minilm_init, tiny_init, tmp_path, capsys):
+  assert not init_checkpoint.has_mlm_head(init_checkpoint.read_metadata(minilm_init))
+  assert init_checkpoint.has_mlm_head(init_checkpoint.read_metadata(tiny_init))
+  convert_bert.main(['--hf_dir', str(MINILM_DIR), '--output', str(tmp_path / 'minilm')])
+  printed = capsys.readouterr().out
+  assert 'has no MLM head' in printed and f'stage=text --workdir runs/text_stage --config.init.checkpoint=' \
+      f'{tmp_path / "minilm"}' in printed
+  from configs import pretrain
+  text_stage = pretrain.get_config('mini,mesh=cpu,stage=text')
+  assert text_stage.data.modalities == 'L' and [t for t, w in text_stage.tasks.weights.items() if w] == ['mlm']

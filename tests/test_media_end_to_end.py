@@ -117,3 +117,16 @@ def test_videos_and_subtitles_become_shards_a_model_and_a_prediction(media, tmp_
   env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'} | {'PYTHONPATH': ROOT, 'JAX_PLATFORMS': 'cpu'}
   printed = subprocess.run(command, capture_output=True, text=True, check=True, cwd=ROOT, env=env).stdout
   assert json.loads(printed.strip().splitlines()[-1])['label'] in labels
+
+
+def test_wavs_at_other_rates_are_resampled_for_wav2vec2_and_the_summary_says_so(tmp_path):
+  records = []
+  for i, rate in enumerate((44100, 16000, 22050)):
+    media_helpers.write_wav(tmp_path / f'u{i}.wav', speech_like(1.5, i)[:int(1.5 * rate)], rate, channels=1)
+    records.append({'id': f'u{i}', 'text': 'i am so happy today', 'wav': f'u{i}.wav'})
+  manifest = tmp_path / 'manifest.jsonl'
+  manifest.write_text(''.join(json.dumps(r) + '\n' for r in records))
+  config = acoustic_features.Wav2Vec2Config(WAV2VEC2)
+  summary = write_shards.write_shards(manifest, tmp_path / 'shards', acoustic_config=config, progress=False)
+  assert summary['audio'] == {'from_wav': 3, 'sample_rate': 16000, 'resampled': {'22050': 1, '44100': 1}}
+  assert schema.DatasetMetadata.load(tmp_path / 'shards').acoustic_dim == 32

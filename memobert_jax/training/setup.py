@@ -128,7 +128,14 @@ def initial_state(trainer: Trainer, *, skip: tuple[str, ...] = ()) -> TrainState
     params, loaded = init_checkpoint.restore_into(state.params, config.init.checkpoint, config.model, skip=skip)
     state = state.replace(params=params)
     logging.warning('initialised %d parameters from %s', len(loaded), config.init.checkpoint)
+    if not any(name.startswith(init_checkpoint.MLM_HEAD) for name in loaded) and _reads_label_words(config):
+      logging.warning('%s has no MLM head: the prompt reads the label words through a random transform. Train '
+                      'it first: %s', config.init.checkpoint, init_checkpoint.TEXT_STAGE)
   return state
+
+
+def _reads_label_words(config: ConfigDict) -> bool:
+  return config.job == 'finetune' and modes.get(config.finetune.mode).prompted
 
 
 def write_config(workdir: str, config: ConfigDict) -> None:
