@@ -39,7 +39,7 @@ from ml_collections import ConfigDict
 
 from configs import pretrain
 from memobert_jax.data import corruption, examples as examples_lib
-from memobert_jax.training import setup
+from memobert_jax.training import metrics as metrics_lib, setup
 
 # The paper's four pretraining tasks (the ITM ablation is left out).
 TASKS = ('mlm', 'visual_regression', 'visual_kl', 'acoustic_regression')
@@ -116,13 +116,6 @@ def matmul_peak(sizes: tuple[int, ...] = (1024, 2048, 3072), repeats: int = 5) -
   return peak
 
 
-def _flops(compiled) -> float:
-  analysis = compiled.cost_analysis()
-  if isinstance(analysis, (list, tuple)):  # older jax returned one dict per computation
-    analysis = analysis[0]
-  return float(analysis.get('flops', float('nan')))
-
-
 class JaxStep:
   """The project's jitted train step on one device, compiled ahead of time per task."""
 
@@ -143,7 +136,8 @@ class JaxStep:
       compiled_at = time.perf_counter()
     self.compiled[task] = compiled
     memory = compiled.memory_analysis()
-    return {'lower_s': lowered_at - start, 'compile_s': compiled_at - lowered_at, 'flops_per_step': _flops(compiled),
+    return {'lower_s': lowered_at - start, 'compile_s': compiled_at - lowered_at,
+            'flops_per_step': metrics_lib.step_flops(compiled, 1),
             'temp_bytes': getattr(memory, 'temp_size_in_bytes', float('nan')),
             'argument_bytes': getattr(memory, 'argument_size_in_bytes', float('nan'))}
 

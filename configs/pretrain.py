@@ -63,6 +63,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.init = ml_collections.ConfigDict(dict(checkpoint=''))
   config.checkpoint = ml_collections.ConfigDict(dict(every_steps=1000, keep=3, keep_best=1, async_save=True))
   config.log_every_steps = 50
+  # Peak FLOP/s of one device for the MFU the loop logs; 0 takes the chip's figure (training/topology.py CHIPS),
+  # and logs no MFU where there is none (CPUs: give the matmul peak benchmarks/bench_step.py measures).
+  config.peak_flops_per_device = 0.0
   config.eval_every_steps = 1000
   config.eval_batches = 20
   return config

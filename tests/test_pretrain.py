@@ -42,7 +42,7 @@ def overrides(shards: str, vocab: str, mesh: tuple[int, int, int], per_device_ba
       'model.visual_dim': 12, 'model.acoustic_dim': 10, 'model.vocab_size': vocab_size,
       'mesh.shape': mesh, 'batch_size': 16, 'per_device_batch': per_device_batch,
       'checkpoint.every_steps': 2, 'checkpoint.keep': 10, 'checkpoint.async_save': True, 'log_every_steps': 1,
-      'optim.warmup_steps': 2,
+      'optim.warmup_steps': 2, 'peak_flops_per_device': 1e11,
   }
 
 
@@ -95,8 +95,14 @@ def test_one_device_and_eight_devices_give_the_same_losses(corpus, reference, tm
 def test_event_files_hold_the_training_metrics(reference):
   scalars = metrics.read_scalars(os.path.join(reference[0], 'tensorboard'))
   for tag in ('loss', 'learning_rate', 'grad_norm', 'examples_per_second', 'tokens_per_second', 'valid_loss',
-              'valid/mlm', 'valid/visual_regression', 'valid/visual_kl', 'valid/acoustic_regression'):
+              'valid/mlm', 'valid/visual_regression', 'valid/visual_kl', 'valid/acoustic_regression',
+              'tflops_per_device', 'mfu', 'goodput'):
     assert tag in scalars, tag
+  # MFU is the achieved FLOP/s per device over the given peak; goodput the share of wall time in steps.
+  for step, mfu in scalars['mfu'].items():
+    assert mfu == pytest.approx(scalars['tflops_per_device'][step] * 1e12 / 1e11, rel=1e-4) and mfu > 0
+  final = reference[1]
+  assert 0 < final['goodput'] < 1 and final['time/compile_s'] > 0 and final['time/setup_s'] > 0
   assert set(scalars['valid_loss']) == {4, 8}
   per_task = [t for t in scalars if t.endswith('/loss')]
   assert per_task and all(np.isfinite(list(scalars[t].values())).all() for t in per_task)

@@ -18,7 +18,7 @@ from ml_collections import ConfigDict
 
 from memobert_jax import modes
 from memobert_jax.data import batch as batch_lib, pipeline, schema
-from memobert_jax.training import setup, topology
+from memobert_jax.training import metrics as metrics_lib, setup, topology
 from memobert_jax.training.topology import GiB
 
 _COLLECTIVES = ('all-reduce', 'all-gather', 'reduce-scatter', 'all-to-all', 'collective-permute')
@@ -172,11 +172,7 @@ def compile_step(config: ConfigDict, task: str, devices: Sequence[jax.Device]) -
   memory = {'arguments': stats.argument_size_in_bytes, 'outputs': stats.output_size_in_bytes,
             'aliased': stats.alias_size_in_bytes, 'temporaries': stats.temp_size_in_bytes,
             'generated_code': stats.generated_code_size_in_bytes}
-  cost = compiled.cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  # XLA counts a while loop's body once: the accumulation scan runs it once per micro-batch. (The optimizer
-  # update outside the loop is then counted micro_batches times: < 0.1% of a base step.)
-  flops = float(cost.get('flops', 0.0)) * micro_batches
+  flops = metrics_lib.step_flops(compiled, micro_batches)
   positions = batch['text_ids'].shape[-1] + batch['visual'].shape[-2] + batch['acoustic'].shape[-2]
   return Report(task=task, mesh=dict(mesh.shape), devices=topology.describe(devices),
                 chip=topology.chip_of(devices[0]), batch_size=micro_batches * trainer.micro_batch_size,

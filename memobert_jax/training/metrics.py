@@ -5,8 +5,11 @@ returns the previous step's values: by then that step has finished, so reading
 them costs no stall while the current step runs.
 """
 
+import collections
+import contextlib
 import glob
 import os
+import time
 
 import jax
 import numpy as np
@@ -64,6 +67,41 @@ def progress_bar(total: int, initial: int, description: str) -> tqdm.tqdm:
   """A console bar with ETA, shown by process 0 only."""
   return tqdm.tqdm(total=total, initial=initial, desc=description, dynamic_ncols=True,
                    disable=jax.process_index() != 0, mininterval=1.0)
+
+
+def step_flops(compiled, micro_batches: int) -> float:
+  """FLOPs per device of one train step, from XLA's cost analysis of the compiled step. XLA counts a while
+  loop's body once, and the gradient-accumulation scan runs it once per micro-batch (the optimizer update
+  outside the loop is then counted micro_batches times: < 0.1 % of a base step)."""
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  return float(cost.get('flops', 0.0)) * micro_batches
+
+
+class Goodput:
+  """A run's wall time split into training steps and the time lost to anything else (compiles, input waits,
+  checkpoints, evaluation), as MaxText reports it: goodput = share of the wall time left to the steps."""
+
+  def __init__(self):
+    self.start = time.perf_counter()
+    self.lost = collections.Counter()
+
+  @contextlib.contextmanager
+  def losing(self, what: str):
+    start = time.perf_counter()
+    try:
+      yield
+    finally:
+      self.lost[what] += time.perf_counter() - start
+
+  @property
+  def lost_seconds(self) -> float:
+    return sum(self.lost.values())
+
+  def summary(self) -> dict[str, float]:
+    total = time.perf_counter() - self.start
+    return {'goodput': 1.0 - self.lost_seconds / total, 'time/total_s': total,
+            **{f'time/{what}_s': seconds for what, seconds in sorted(self.lost.items())}}
 
 
 def throughput(examples: int, tokens: int, seconds: float) -> dict[str, float]:

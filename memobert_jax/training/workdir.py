@@ -19,7 +19,7 @@ from memobert_jax.training import checkpointing
 RUN_FILE = 'run.json'
 # Settings that change how a run is executed or logged, not what it computes: a resumed run may change them.
 EXECUTION_KEYS = ('mesh.', 'per_device_batch', 'log_every_steps', 'checkpoint.', 'data.prefetch_batches',
-                  'eval_batch_size')
+                  'eval_batch_size', 'peak_flops_per_device')
 
 
 def flat_config(config: ConfigDict | dict, prefix: str = '') -> dict[str, Any]:
