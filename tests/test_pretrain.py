@@ -193,7 +193,7 @@ def test_chained_sigkills_reproduce_the_uninterrupted_run_exactly(corpus, tmp_pa
   """Killed three times at random steps (async checkpoints, possibly mid-write), resumed each time: the
   losses, parameters, optimizer state and data order equal those of a run never interrupted."""
   shards, vocab = corpus
-  steps = 24
+  steps = 18
   values = overrides(shards, vocab, (1, 1, 1), 16)
   values['checkpoint.every_steps'] = 1
   straight, interrupted = str(tmp_path / 'straight'), str(tmp_path / 'interrupted')
