@@ -143,7 +143,7 @@ def test_an_interrupted_checkpoint_write_is_never_taken_as_the_latest(corpus, re
   partial = os.path.join(directory, f'6{ocp.path.atomicity.TMP_DIR_SUFFIX}-1700000000')
   shutil.copytree(os.path.join(reference[0], 'checkpoints', '6'), partial)
   shutil.rmtree(os.path.join(partial, 'state'))
-  assert checkpointing.Checkpointer(directory, every_steps=2, keep=10).latest_step() == 4
+  assert checkpointing.Checkpointer(directory, every_steps=2, keep=10).manager.latest_step() == 4
   pretraining.pretrain(make_config(overrides(shards, vocab, (4, 2, 1), 2)), workdir)
   resumed, expected = losses(workdir), losses(reference[0])
   assert sorted(resumed) == [5, 6, 7, 8]
@@ -298,7 +298,7 @@ def test_a_damaged_latest_checkpoint_falls_back_to_the_intact_one_before_it(corp
                                rtol=0, err_msg=what)
     # Nothing is deleted: the damaged checkpoint is kept aside, and step 6 was saved again.
     assert os.path.isdir(os.path.join(workdir, 'checkpoints', f'6{checkpointing.DAMAGED_SUFFIX}'))
-    assert checkpointing.Checkpointer(os.path.join(workdir, 'checkpoints'), every_steps=2, keep=10).latest_step() == 8
+    assert checkpointing.Checkpointer(os.path.join(workdir, 'checkpoints'), every_steps=2, keep=10).manager.latest_step() == 8
 
 
 def test_a_garbage_iterator_state_is_an_error_naming_the_file(corpus, reference, tmp_path):

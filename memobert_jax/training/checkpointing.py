@@ -48,9 +48,6 @@ class Checkpointer:
     self.directory = os.path.abspath(directory)
     self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=_ITEMS)
 
-  def latest_step(self) -> int | None:
-    return self.manager.latest_step()
-
   def should_save(self, step: int) -> bool:
     return self.manager.should_save(step)
 
