@@ -55,6 +55,39 @@ def aggregate(rows: Sequence[Mapping], group_by: Sequence[str], metrics: Sequenc
   return table
 
 
+def compare(mean_a: float, std_a: float, mean_b: float, std_b: float, *, at_least: bool = False) -> str:
+  """Whether a beats b beyond the spread: only when the intervals mean ± std do not overlap. With
+  `at_least`, the claim is a >= b, which holds unless b is ahead beyond the spread."""
+  if mean_a - std_a > mean_b + std_b:
+    return 'reproduced'
+  if mean_b - std_b > mean_a + std_a:
+    return 'not reproduced (reversed beyond the spread)'
+  return 'reproduced (within the spread)' if at_least else 'not reproduced (within the spread)'
+
+
+MIN_RUNS_FOR_A_VERDICT = 3
+
+
+def claims_table(claims: Sequence[tuple[str, Mapping | None, Mapping | None, bool]], metric: str = 'ua') -> str:
+  """Markdown rows 'claim | a vs b | verdict' from `aggregate` rows: each claim says row a beats row b in
+  `metric` (or, with its flag set, is at least as good). No verdict from fewer than 3 runs a side, and none
+  where a row is missing."""
+  lines = [f'| claim | test {metric.upper()} (%), a vs b | verdict |', '|---|---|---|']
+  for statement, a, b, at_least in claims:
+    if a is None or b is None:
+      lines.append(f'| {statement} | - | no verdict: a row was not run |')
+      continue
+    values = (f'{100 * a[f"{metric}_mean"]:.1f} ± {100 * a[f"{metric}_std"]:.1f} vs '
+              f'{100 * b[f"{metric}_mean"]:.1f} ± {100 * b[f"{metric}_std"]:.1f}')
+    if min(a['runs'], b['runs']) < MIN_RUNS_FOR_A_VERDICT:
+      verdict = f'no verdict: {min(a["runs"], b["runs"])} run(s), at least {MIN_RUNS_FOR_A_VERDICT} needed'
+    else:
+      verdict = compare(a[f'{metric}_mean'], a[f'{metric}_std'], b[f'{metric}_mean'], b[f'{metric}_std'],
+                        at_least=at_least)
+    lines.append(f'| {statement} | {values} | {verdict} |')
+  return '\n'.join(lines) + '\n'
+
+
 def markdown_table(table: Sequence[Mapping], group_by: Sequence[str], metrics: Sequence[str],
                    scale: float = 100.0) -> str:
   """Rows of `aggregate` as markdown: 'mean ± std' per metric (x100, as the papers report percentages)."""

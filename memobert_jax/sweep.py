@@ -142,15 +142,22 @@ def check_finished_runs(runs: Sequence[Run], root: str) -> None:
                      + '\n'.join(changed) + '\nGive another --workdir, or delete those run folders to redo them.')
 
 
-def collect(runs: Sequence[Run], root: str, group_by: Sequence[str]) -> list[dict]:
-  """Finished finetuning runs -> rows; writes results.md and results.csv (mean ± std per group) into root."""
+def finished_rows(runs: Sequence[Run], root: str) -> list[dict]:
+  """One row per finished finetuning run: its table fields, its workdir (relative to root) and its test and
+  validation metrics."""
   rows = []
   for run in runs:
     if run.kind == 'finetune' and run.finished(root):
       with open(os.path.join(root, run.name, finetuning.RESULTS_FILE)) as f:
         results = json.load(f)
-      rows.append({**{k: _value_name(v) for k, v in run.fields.items()},
+      rows.append({**{k: _value_name(v) for k, v in run.fields.items()}, 'workdir': run.name,
                    **{m: results['test'][m] for m in METRICS}, **{f'valid_{m}': results['valid'][m] for m in METRICS}})
+  return rows
+
+
+def collect(runs: Sequence[Run], root: str, group_by: Sequence[str]) -> list[dict]:
+  """Finished finetuning runs -> rows; writes results.md and results.csv (mean ± std per group) into root."""
+  rows = finished_rows(runs, root)
   table = evaluation.aggregate(rows, group_by, METRICS)
   with open(os.path.join(root, 'results.md'), 'w') as f:
     f.write('Test metrics (%) of the validation-selected model, mean ± std over the runs of each row.\n\n')

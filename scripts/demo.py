@@ -44,6 +44,20 @@ def prepare_data(workdir: str, num_labelled: int, num_unlabelled: int, workers: 
                             num_shards=4)
 
 
+def paper_claims(table, group_by):
+  """The claims of the paper's tables, as (statement, row a, row b, a >= b suffices) over the demo's rows."""
+  rows = {tuple(row[k] for k in group_by): row for row in table}
+  get = lambda pretrain, mode, train, fraction: rows.get((pretrain, mode, train, fraction))  # noqa: E731
+  return [
+      ('multimodal pretraining + prompt beats prompting the text-only model (all labels)',
+       get('multimodal', 'prompt', 'LVA', '1.0'), get('text_only', 'prompt', 'LVA', '1.0'), False),
+      ('text + face + voice beat text alone (prompt, all labels)',
+       get('multimodal', 'prompt', 'LVA', '1.0'), get('multimodal', 'prompt', 'L', '1.0'), False),
+      ('prompt beats the [CLS] head at 10 % of the labels',
+       get('multimodal', 'prompt', 'LVA', '0.1'), get('multimodal', 'cls', 'LVA', '0.1'), False),
+  ]
+
+
 def main(argv=None) -> None:
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument('--workdir', default='demo_out', help='where everything is written')
@@ -76,6 +90,9 @@ def main(argv=None) -> None:
 
   print(f'\nResults on the demo test speaker (test WA / UA / macro-F1 in %, {time.time() - start:.0f} s in all):\n')
   print(evaluation.markdown_table(table, experiments.group_by, sweep.METRICS))
+  print(f"The paper's three claims (a beats b only where the two mean ± std intervals do not overlap; "
+        f"--seeds {evaluation.MIN_RUNS_FOR_A_VERDICT} for a verdict):\n")
+  print(evaluation.claims_table(paper_claims(table, experiments.group_by)))
   print('Written:')
   print(f'  corpus and features      {workdir}/corpus')
   print(f'  TFRecord shards          {workdir}/data')

@@ -30,6 +30,9 @@ def test_demo_runs_end_to_end_and_prints_the_results_table(demo_dir, capsys):
              str(SMALL['num_unlabelled']), '--pretrain_steps', '3', '--finetune_steps', '4', '--workers', '1'])
   printed = capsys.readouterr().out
   assert 'Results on the demo test speaker' in printed and 'results.md' in printed
+  # Each of the three claims finds its two rows; one seed gives no verdict.
+  claims = [line for line in printed.splitlines() if 'no verdict' in line]
+  assert len(claims) == 3 and all('1 run(s), at least 3 needed' in line for line in claims), printed
   runs = os.path.join(demo_dir, 'runs')
   experiments = config_utils.load_config(f'{ROOT}/configs/sweeps/demo.py:data={demo_dir}')
   planned = sweep.plan(experiments)

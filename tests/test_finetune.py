@@ -54,6 +54,25 @@ def test_metrics_match_a_hand_computed_example():
   assert scores['confusion'] == [[2, 1, 1, 0], [0, 2, 0, 0], [1, 0, 2, 0], [0, 0, 1, 0]]
 
 
+def test_a_claim_holds_only_beyond_the_spread():
+  assert evaluation.compare(0.60, 0.01, 0.55, 0.02) == 'reproduced'
+  assert evaluation.compare(0.60, 0.04, 0.55, 0.02).startswith('not reproduced (within')  # 0.56 < 0.57
+  assert evaluation.compare(0.50, 0.01, 0.55, 0.01).startswith('not reproduced (reversed')
+  # "a is at least as good as b" holds unless b is ahead beyond the spread.
+  assert evaluation.compare(0.54, 0.02, 0.55, 0.02, at_least=True) == 'reproduced (within the spread)'
+  assert evaluation.compare(0.50, 0.01, 0.55, 0.01, at_least=True).startswith('not reproduced (reversed')
+
+
+def test_the_claims_table_gives_a_verdict_only_from_three_runs_a_side():
+  row = lambda mean, std, runs: {'ua_mean': mean, 'ua_std': std, 'runs': runs}  # noqa: E731
+  table = evaluation.claims_table([('a beats b', row(0.6, 0.01, 3), row(0.5, 0.01, 3), False),
+                                   ('two seeds', row(0.6, 0.01, 2), row(0.5, 0.01, 3), False),
+                                   ('not run', None, row(0.5, 0.01, 3), False)])
+  lines = table.splitlines()[2:]
+  assert lines[0] == '| a beats b | 60.0 ± 1.0 vs 50.0 ± 1.0 | reproduced |'
+  assert 'no verdict: 2 run(s), at least 3 needed' in lines[1] and 'no verdict: a row was not run' in lines[2]
+
+
 def test_folds_are_disjoint_by_speaker_and_cover_the_corpus(corpus):
   _, _, utterances, _ = loaded(corpus)
   for fold in range(1, 11):
@@ -149,7 +168,10 @@ def test_finetune_run_writes_results_and_predict_reproduces_its_test_predictions
 
     predictor = inference.Predictor(os.path.join(workdir, 'best'))
     _, tokenizer, utterances, _ = loaded(corpus, mode)
-    test = finetuning_data.fold_splits(utterances, 'iemocap', 3, 1.0, seed=0)['test']
+    parts = finetuning_data.fold_splits(utterances, 'iemocap', 3, 1.0, seed=0)
+    with open(os.path.join(workdir, finetuning.SPLITS_FILE)) as f:
+      assert json.load(f) == {name: [u.id for u in members] for name, members in parts.items()}
+    test = parts['test']
     outputs = predictor([predictor.utterance(u.id, ' '.join(tokenizer.decode(w) for w in u.words), u.visual,
                                              u.acoustic) for u in test])
     names = predictor.label_names

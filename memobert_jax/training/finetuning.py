@@ -22,6 +22,7 @@ from memobert_jax.data import finetuning_data, sources
 from memobert_jax.training import setup, workdir as workdir_lib
 
 RESULTS_FILE = 'results.json'
+SPLITS_FILE = 'splits.json'  # the utterance ids of each split, so a baseline can train on the very same ones
 
 
 def finetune(config: ConfigDict, workdir: str, *, allow_config_change: bool = False) -> dict:
@@ -116,6 +117,7 @@ def finetune(config: ConfigDict, workdir: str, *, allow_config_change: bool = Fa
     evaluation.plot_confusion(np.array(test_scores['confusion']), label_names, os.path.join(workdir, 'confusion.png'),
                               f'{settings.mode}, fold {settings.fold}: test UA {100 * test_scores["ua"]:.1f}')
   setup.write_config(workdir, config)
+  setup.write_json(os.path.join(workdir, SPLITS_FILE), {name: [u.id for u in members] for name, members in parts.items()})
   # Written last: a sweep treats a workdir with results.json as finished.
   setup.write_json(os.path.join(workdir, RESULTS_FILE), results)
   return results
