@@ -51,6 +51,8 @@ LABELS = common.EMOTIONS  # anger, happy, neutral, sad
 LABEL_WORDS = ('angry', 'happy', 'neutral', 'sad')  # what "I am [MASK] ." reads at [MASK], in LABELS' order
 MELD_LABELS = {'anger': 'anger', 'joy': 'happy', 'neutral': 'neutral', 'sadness': 'sad'}
 MELD_SPLITS = {'train': 'train', 'dev': 'valid', 'test': 'test'}
+# The table's name of a prompt run by its finetune.prompt_loss.
+PROMPT_LOSS_ROWS = {'vocabulary': 'prompt', 'label_words': 'prompt (label-word loss)'}
 RAVDESS_LABELS = {'01': 'neutral', '02': 'neutral', '03': 'happy', '04': 'sad', '05': 'anger'}
 RAVDESS_STATEMENTS = {'01': 'Kids are talking by the door.', '02': 'Dogs are sitting by the door.'}
 RAVDESS_NAME = re.compile(r'^03-01-(\d\d)-(\d\d)-(\d\d)-(\d\d)-(\d\d)\.wav$')
@@ -282,9 +284,11 @@ def text_benchmark(args) -> None:
       {**shared, 'data.train': data, 'init.checkpoint': init, **finetune_overrides(args),
        'data.text_buckets': (32, 64, 128)},
       {'seed': list(range(args.seeds)), 'fraction': [float(f) for f in args.fractions.split(',')]},
-      [{'mode': 'prompt'}, {'mode': 'cls'}],
-      ('pretrain', 'mode', 'fraction'), pretrain=pretrain, init=('none', 'pretrain'))
-  rows = run_rows(experiments, os.path.join(workdir, 'runs'))
+      [*({'mode': 'prompt', 'finetune.prompt_loss': loss} for loss in args.prompt_losses.split(',')),
+       {'mode': 'cls'}],
+      ('pretrain', 'mode', 'finetune.prompt_loss', 'fraction'), pretrain=pretrain, init=('none', 'pretrain'))
+  rows = [{**row, 'mode': PROMPT_LOSS_ROWS.get(row.get('finetune.prompt_loss'), row['mode'])}
+          for row in run_rows(experiments, os.path.join(workdir, 'runs'))]
   baseline_rows = []
   for row in rows:
     if row['pretrain'] != 'none' or row['mode'] != 'cls':  # the same checkpoint, the same utterances
@@ -302,10 +306,11 @@ def text_benchmark(args) -> None:
         f'({args.steps} steps; "none" = the converted checkpoint as it is):\n')
   print_table(table, key)
   get = lambda *k: table.get(tuple(k))  # noqa: E731
-  claims = [(f'prompt beats [CLS] at 10 % of the labels ({p})', get(p, 'prompt', '0.1'), get(p, 'cls', '0.1'), False)
-            for p in ('text_stage', 'none')]
-  claims.append(('the text stage helps prompting at 10 %', get('text_stage', 'prompt', '0.1'),
-                 get('none', 'prompt', '0.1'), False))
+  prompts = [PROMPT_LOSS_ROWS[loss] for loss in args.prompt_losses.split(',')]
+  claims = [(f'{m} beats [CLS] at 10 % of the labels ({p})', get(p, m, '0.1'), get(p, 'cls', '0.1'), False)
+            for p in ('text_stage', 'none') for m in prompts]
+  claims += [(f'the text stage helps {m} at 10 %', get('text_stage', m, '0.1'), get('none', m, '0.1'), False)
+             for m in prompts]
   for fraction in ('1.0', '0.1'):
     claims.append((f'project [CLS] at least as good as transformers [CLS] ({fraction})',
                    get('none', 'cls', fraction), get('transformers', 'cls', fraction), True))
@@ -359,6 +364,8 @@ def main(argv: Sequence[str] | None = None) -> None:
   parser.add_argument('--fractions', default='0.1,1.0', help='text: shares of the training labels')
   parser.add_argument('--lr', type=float, default=5e-5, help='peak finetuning learning rate')
   parser.add_argument('--text_stage_steps', type=int, default=200)
+  parser.add_argument('--prompt_losses', default='vocabulary,label_words',
+                      help="text: the prompt runs' finetune.prompt_loss values (configs/finetune.py)")
   parser.add_argument('--folds', default='1', help='speech: comma-separated leave-one-session-out folds (1..24)')
   args = parser.parse_args(argv)
   os.makedirs(args.workdir, exist_ok=True)

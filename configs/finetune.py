@@ -50,6 +50,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       mode=arg.mode,
       template=TEMPLATES[arg.template],
       label_words=(),  # one word per class, in the dataset's label order; () uses the label names
+      # The prompt's loss at [MASK]: 'vocabulary' (the paper's softmax over every word) or 'label_words'.
+      prompt_loss='vocabulary',
       protocol=arg.protocol,
       fold=arg.fold,
       train_fraction=arg.fraction,

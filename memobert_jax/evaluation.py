@@ -39,11 +39,12 @@ def classification_metrics(labels: Sequence[int], predictions: Sequence[int], nu
 def aggregate(rows: Sequence[Mapping], group_by: Sequence[str], metrics: Sequence[str]) -> list[dict]:
   """Mean and standard deviation of `metrics` over the rows that share the `group_by` values.
 
-  The groups keep the order in which they first appear; `runs` counts the rows in each.
+  The groups keep the order in which they first appear; `runs` counts the rows in each. A field a row does
+  not have (a prompt-only setting on a [CLS] run) groups as ''.
   """
   groups: dict[tuple, list[Mapping]] = {}
   for row in rows:
-    groups.setdefault(tuple(row[k] for k in group_by), []).append(row)
+    groups.setdefault(tuple(row.get(k, '') for k in group_by), []).append(row)
   table = []
   for key, members in groups.items():
     entry = dict(zip(group_by, key), runs=len(members))

@@ -68,6 +68,8 @@ def main(argv=None) -> None:
   parser.add_argument('--finetune_steps', type=int, default=demo_sweep.ARGUMENTS['finetune_steps'])
   parser.add_argument('--seeds', type=int, default=demo_sweep.ARGUMENTS['seeds'],
                       help='finetuning seeds per setting (the table shows mean ± std)')
+  parser.add_argument('--full', action='store_true',
+                      help="also the paper's other rows ([CLS] with all labels, cross-modal, 3 %%)")
   parser.add_argument('--workers', type=int, default=2, help='processes generating the corpus')
   args = parser.parse_args(argv)
   workdir = os.path.abspath(args.workdir)
@@ -83,7 +85,7 @@ def main(argv=None) -> None:
   prepare_data(workdir, args.num_labelled, args.num_unlabelled, args.workers)
   print('[4/4] pretraining and finetuning (configs/sweeps/demo.py)')
   spec = (f'{ROOT}/configs/sweeps/demo.py:data={workdir},pretrain_steps={args.pretrain_steps},'
-          f'finetune_steps={args.finetune_steps},seeds={args.seeds}')
+          f'finetune_steps={args.finetune_steps},seeds={args.seeds},full={args.full}')
   experiments = config_utils.load_config(spec)
   runs = os.path.join(workdir, 'runs')
   table = sweep.run_sweep(experiments, runs)

@@ -62,9 +62,11 @@ def test_pretraining_batch_spec_matches_the_pipeline(task, tokenizer):
   assert_same_layout(aot.batch_spec(config, task, 2, 3), batch)
 
 
-@pytest.mark.parametrize('mode', ['prompt', 'cls'])
-def test_finetuning_batch_spec_matches_the_batcher(mode, tokenizer):
+@pytest.mark.parametrize('mode, prompt_loss', [('prompt', 'vocabulary'), ('prompt', 'label_words'),
+                                               ('cls', 'vocabulary')])
+def test_finetuning_batch_spec_matches_the_batcher(mode, prompt_loss, tokenizer):
   config = tiny(finetune, f'{mode},model=tiny,mesh=cpu')
+  config.finetune.prompt_loss = prompt_loss
   utterance = finetuning_data.Utterance(
       id='u', words=((tokenizer.token_to_id('happy'),),) * 200, label=1, speaker='s', session='1', split='train',
       visual=np.ones((config.data.max_visual_frames, config.model.visual_dim), np.float32),

@@ -27,14 +27,15 @@ def demo_dir(tmp_path_factory):
 
 def test_demo_runs_end_to_end_and_prints_the_results_table(demo_dir, capsys):
   demo.main(['--workdir', demo_dir, '--num_labelled', str(SMALL['num_labelled']), '--num_unlabelled',
-             str(SMALL['num_unlabelled']), '--pretrain_steps', '3', '--finetune_steps', '4', '--workers', '1'])
+             str(SMALL['num_unlabelled']), '--pretrain_steps', '3', '--finetune_steps', '4', '--seeds', '1',
+             '--workers', '1'])
   printed = capsys.readouterr().out
   assert 'Results on the demo test speaker' in printed and 'results.md' in printed
   # Each of the three claims finds its two rows; one seed gives no verdict.
   claims = [line for line in printed.splitlines() if 'no verdict' in line]
   assert len(claims) == 3 and all('1 run(s), at least 3 needed' in line for line in claims), printed
   runs = os.path.join(demo_dir, 'runs')
-  experiments = config_utils.load_config(f'{ROOT}/configs/sweeps/demo.py:data={demo_dir}')
+  experiments = config_utils.load_config(f'{ROOT}/configs/sweeps/demo.py:data={demo_dir},seeds=1')
   planned = sweep.plan(experiments)
   assert all(run.finished(runs) for run in planned)
   table = [line for line in open(os.path.join(runs, 'results.md')) if line.startswith('| ')][1:]  # no header
@@ -44,6 +45,20 @@ def test_demo_runs_end_to_end_and_prints_the_results_table(demo_dir, capsys):
       for name in ('results.json', 'confusion.png', 'best/memobert_init.json'):
         assert os.path.exists(os.path.join(runs, run.name, name)), (run.name, name)
   assert os.listdir(os.path.join(runs, 'pretrain', 'multimodal', 'tensorboard'))
+
+
+def test_the_default_demo_runs_three_seeds_of_the_claims_rows_and_full_adds_the_papers_other_rows(tmp_path):
+  plan = lambda arg: [r for r in sweep.plan(config_utils.load_config(  # noqa: E731
+      f'{ROOT}/configs/sweeps/demo.py:data={tmp_path}{arg}')) if r.kind == 'finetune']
+  default, full = plan(''), plan(',full=True')
+  # prompt from both pretrainings, prompt L, prompt and [CLS] at 10 %: five rows, three seeds each.
+  assert len(default) == 5 * 3 and {r.fields['seed'] for r in default} == {0, 1, 2}
+  rows = {(r.fields['pretrain'], r.fields['mode'], r.fields.get('train', 'LVA'), r.fields.get('fraction', 1.0))
+          for r in default}
+  claims = demo.paper_claims([dict(zip(('pretrain', 'mode', 'train', 'fraction'), map(str, row))) for row in rows],
+                             ('pretrain', 'mode', 'train', 'fraction'))
+  assert all(a is not None and b is not None for _, a, b, _ in claims)
+  assert len(full) == 10 * 3 and {r.name for r in default} < {r.name for r in full}
 
 
 def test_two_axis_sweep_gives_one_row_per_variant_and_does_not_redo_finished_runs(demo_dir, tmp_path):

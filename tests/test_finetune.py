@@ -139,6 +139,35 @@ def test_prompt_loss_is_the_cross_entropy_at_the_mask_over_the_whole_vocabulary(
   assert not np.allclose(every_position[0, other[0]], at_mask[0])
 
 
+def test_label_word_prompt_loss_is_the_cross_entropy_over_the_label_words_only(corpus):
+  model, batch, batcher = model_and_batch(corpus, 'prompt')
+  assert 'label_word_ids' not in batch and batcher.task == 'prompt'
+  config, tokenizer, utterances, label_names = loaded(corpus, 'prompt')
+  config.finetune.prompt_loss = 'label_words'
+  config = setup.resolve(config, tokenizer, len(label_names))
+  batcher = finetuning_data.FinetuneBatcher(config, tokenizer, label_names)
+  assert batcher.task == 'prompt_label_words'
+  batch = jax.tree.map(lambda x: x[0], batcher.batch([(u, 'LVA') for u in utterances[:8]], 8))
+  np.testing.assert_array_equal(batch['label_word_ids'], np.tile(batcher.verbalizer.label_ids, (8, 1)))
+  loss_sum, count, _ = tasks.TASKS['prompt_label_words'](model, batch, True, None)
+  scores = tasks.class_scores(model, batch, batcher.verbalizer.label_ids)  # what prediction compares
+  gold = [u.label for u in utterances[:8]]
+  expected = optax.softmax_cross_entropy_with_integer_labels(scores, np.array(gold)).sum()
+  assert float(count) == 8
+  np.testing.assert_allclose(float(loss_sum), float(expected), rtol=1e-5)
+  # Other words do not compete: raising one of them leaves the loss as it is (the vocabulary loss grows).
+  intruder = batcher.pad_inputs.pad_id + 7
+  assert intruder not in batcher.verbalizer.ids
+  before_vocabulary = float(tasks.TASKS['prompt'](model, batch, True, None)[0])
+  model.mlm_head.bias[...] = model.mlm_head.bias[...].at[intruder].set(10.0)
+  np.testing.assert_allclose(float(tasks.TASKS['prompt_label_words'](model, batch, True, None)[0]),
+                             float(loss_sum), rtol=1e-5)
+  assert float(tasks.TASKS['prompt'](model, batch, True, None)[0]) > before_vocabulary + 1.0
+  with pytest.raises(ValueError, match='prompt_loss'):
+    config.finetune.prompt_loss = 'labels'
+    finetuning_data.FinetuneBatcher(config, tokenizer, label_names)
+
+
 def test_predictions_stay_in_the_label_set_even_when_another_word_scores_higher(corpus):
   model, batch, batcher = model_and_batch(corpus, 'prompt')
   intruder = batcher.pad_inputs.pad_id + 7  # an ordinary word, not a label word

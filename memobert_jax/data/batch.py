@@ -46,6 +46,8 @@ TASK_TARGETS = {
                                         'acoustic_targets': (('La', 'Da'), 'float32')}, frames='acoustic'),
     'itm': TaskTargets({'itm_targets': ((), 'int32')}),  # 1: the frames belong to the text, 0: swapped in
     'prompt': TaskTargets(_WORD_TARGETS),  # P = 1: the gold label word at the template's [MASK]
+    # K: the label words, one per class, among which the softmax is taken.
+    'prompt_label_words': TaskTargets({**_WORD_TARGETS, 'label_word_ids': (('K',), 'int32')}),
     'cls': TaskTargets({'labels': ((), 'int32'), 'label_weights': ((), 'float32')}),
 }
 FRAME_TASKS = {task: t.frames for task, t in TASK_TARGETS.items() if t.frames}
@@ -65,6 +67,8 @@ def sizes_of(batch: Mapping[str, np.ndarray]) -> dict[str, int]:
            'La': batch['acoustic'].shape[-2], 'Da': batch['acoustic'].shape[-1], 'C': len(schema.SOFT_LABEL_CLASSES)}
   if 'mlm_positions' in batch:
     sizes['P'] = batch['mlm_positions'].shape[-1]
+  if 'label_word_ids' in batch:
+    sizes['K'] = batch['label_word_ids'].shape[-1]
   return sizes
 
 

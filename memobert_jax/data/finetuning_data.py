@@ -98,6 +98,8 @@ class FinetuneBatcher:
 
   def __init__(self, config: ConfigDict, tokenizer: tokenizer_lib.Tokenizer, label_names: Sequence[str]):
     self.mode = modes.get(config.finetune.mode)
+    # Models exported before finetune.prompt_loss existed were all trained over the vocabulary.
+    self.task = self.mode.training_task(config.finetune.get('prompt_loss', 'vocabulary'))
     self.special = masking.special_ids(tokenizer)
     self.max_text_len = config.data.max_text_tokens + 2
     self.pad_inputs = batch_lib.Padder(config.data, config.model, tokenizer.pad_id)
@@ -145,6 +147,8 @@ class FinetuneBatcher:
     else:
       batch.update(mlm_positions=np.array(positions + [0] * padding, np.int32)[:, None],
                    mlm_targets=self.verbalizer.label_ids[labels][:, None], mlm_weights=weights[:, None])
+      if self.task == 'prompt_label_words':
+        batch['label_word_ids'] = np.tile(self.verbalizer.label_ids, (size, 1))
     return {k: v[None] for k, v in batch.items()}
 
   def training_items(self, utterances: Sequence[Utterance], subset: str) -> list[tuple[Utterance, str]]:

@@ -46,7 +46,9 @@ def batch_spec(config: ConfigDict, task: str, micro_batches: int, micro_batch_si
     raise ValueError(f'task {task} needs {modality} frames, which data.modalities={modalities!r} leaves out')
   sizes = {'Lt': batch_lib.bucket(data.max_text_tokens + 2, data.text_buckets, 'text'), 'Lv': frames['visual'],
            'La': frames['acoustic'], 'Dv': config.model.visual_dim, 'Da': config.model.acoustic_dim,
-           'C': len(schema.SOFT_LABEL_CLASSES), 'P': data.mlm_max_predictions if task == 'mlm' else 1}
+           'C': len(schema.SOFT_LABEL_CLASSES), 'P': data.mlm_max_predictions if task == 'mlm' else 1,
+           # The label words: the config's, else the paper's four classes (the data's names are not read here).
+           'K': len(config.finetune.label_words) if config.get('finetune') and config.finetune.label_words else 4}
   lead = (micro_batches, micro_batch_size)
   return {key: jax.ShapeDtypeStruct(lead + shape, dtype)
           for key, (shape, dtype) in batch_lib.shapes(task, sizes).items()}
@@ -55,7 +57,7 @@ def batch_spec(config: ConfigDict, task: str, micro_batches: int, micro_batch_si
 def default_tasks(config: ConfigDict) -> list[str]:
   """The tasks a config trains: the pretraining tasks with positive weight, or the finetuning mode's loss."""
   if config.job == 'finetune':
-    return [modes.get(config.finetune.mode).task]
+    return [modes.get(config.finetune.mode).training_task(config.finetune.prompt_loss)]
   return pipeline.task_schedule(config.tasks.weights)[0]
 
 

@@ -73,7 +73,7 @@ def finetune(config: ConfigDict, workdir: str, *, allow_config_change: bool = Fa
 
   with jax.set_mesh(trainer.mesh):
     for step in range(config.optim.total_steps):
-      state, step_metrics = trainer.train_step(state, place(next(training)), mode.task)
+      state, step_metrics = trainer.train_step(state, place(next(training)), batcher.task)
       log(outputs.late.push(step + 1, step_metrics))
       outputs.bar.update(1)
       if (step + 1) % config.eval_every_steps == 0 or step + 1 == config.optim.total_steps:

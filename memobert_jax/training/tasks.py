@@ -12,6 +12,7 @@ Batch keys each task reads, besides the model inputs (see memobert_jax/model/mem
   acoustic_regression: acoustic_targets [B, La, Da], acoustic_target_mask [B, La] bool
   prompt:              mlm_positions [B, 1] (the [MASK]), mlm_targets [B, 1] (gold label word id),
                        mlm_weights [B, 1]
+  prompt_label_words:  as prompt, and label_word_ids [B, K] (the label words' ids, one per class)
   itm:                 itm_targets [B] int32 (1: the frames belong to the text, 0: swapped in)
   cls:                 labels [B] int32, label_weights [B] float32
 """
@@ -39,6 +40,19 @@ def _masked_lm(model: MEmoBERT, batch: dict, deterministic: bool, dropout_key: j
   weights = batch['mlm_weights'].astype(jnp.float32)
   losses = optax.softmax_cross_entropy_with_integer_labels(logits, batch['mlm_targets'])
   correct = (logits.argmax(-1) == batch['mlm_targets']).astype(jnp.float32)
+  return (losses * weights).sum(), weights.sum(), {'accuracy': (correct * weights).sum()}
+
+
+def _label_word_prompt(model: MEmoBERT, batch: dict, deterministic: bool,
+                       dropout_key: jax.Array | None) -> TaskOutput:
+  """Cross-entropy at [MASK] over the label words' logits only (the prediction's own scores)."""
+  encoded = _encode(model, batch, deterministic, dropout_key)
+  logits = model.mlm_logits(encoded.text, batch['mlm_positions'])[:, 0]  # [B, V]
+  candidates = jnp.take_along_axis(logits, batch['label_word_ids'], axis=-1)  # [B, K]
+  gold = jnp.argmax(batch['label_word_ids'] == batch['mlm_targets'], axis=-1)
+  weights = batch['mlm_weights'][:, 0].astype(jnp.float32)
+  losses = optax.softmax_cross_entropy_with_integer_labels(candidates, gold)
+  correct = (candidates.argmax(-1) == gold).astype(jnp.float32)
   return (losses * weights).sum(), weights.sum(), {'accuracy': (correct * weights).sum()}
 
 
@@ -93,6 +107,7 @@ TASKS: dict[str, Callable[..., TaskOutput]] = {
     'itm': _text_frame_matching,
     # Prompt finetuning is masked-word prediction at the one [MASK]: the MLM loss, no new parameters.
     'prompt': _masked_lm,
+    'prompt_label_words': _label_word_prompt,
     'cls': _cls,
 }
 
