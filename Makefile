@@ -21,7 +21,7 @@ demo: venv
 	JAX_PLATFORMS=cpu $(PY) scripts/demo.py --workdir $(DEMO_DIR)
 
 test: venv
-	$(TEST_ENV) $(PY) -m pytest -q tests
+	$(TEST_ENV) $(PY) -m pytest -q --durations=15 tests
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR)

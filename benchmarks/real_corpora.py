@@ -14,17 +14,18 @@ sadness -> sad, anger; the other three emotions are left out):
      (the training split's transcripts; dev and test never);
   2. the BERT folder converted (it may lack an MLM head: all-MiniLM has none), and the text
      stage (configs/pretrain.py:...,stage=text) trained from it on those transcripts;
-  3. prompt and [CLS] finetuning, from the converted checkpoint as it is ('none': an untrained
-     MLM transform when the folder has no head) and from the text stage, at each of --fractions
-     of the training labels, over --seeds seeds;
+  3. prompt (with each of --prompt_losses: over the vocabulary, the paper's, and over the label
+     words alone) and [CLS] finetuning, from the converted checkpoint as it is ('none': an
+     untrained MLM transform when the folder has no head) and from the text stage, at each of
+     --fractions of the training labels, over --seeds seeds;
   4. a transformers [CLS] fine-tune of the same BERT folder on the very same utterances as each
      [CLS] run from 'none' (its splits.json): same steps, batch, learning-rate schedule (linear
      warm-up and decay) and model selection.
 speech (RAVDESS speech: 24 actors; neutral + calm -> neutral, happy, sad, angry -> anger; the
 text is the clip's statement, which says nothing of the emotion):
   1. the manifest with librosa frames (data_prep.acoustic_features: log-mel, pitch, energy in 120 ms frames);
-  2. prompt finetuning on text alone (L) and on text + audio (LA), leave-one-session-out folds
-     (two actors a session, --folds of them), --seeds seeds;
+  2. prompt finetuning (each of --prompt_losses) on text alone (L) and on text + audio (LA),
+     leave-one-session-out folds (two actors a session, --folds of them), --seeds seeds;
   3. the floor: logistic regression on each clip's pooled MFCCs (mean and std over time), on the
      same folds' training clips.
 Each prints one table (test UA, mean ± std over the runs) and the claims with a verdict: a
@@ -332,22 +333,28 @@ def speech_benchmark(args) -> None:
        'init.checkpoint': init, **finetune_overrides(args), 'data.text_buckets': (32,),
        'data.max_acoustic_frames': extractor.max_frames, 'data.acoustic_buckets': (extractor.max_frames,)},
       {'fold': folds, 'seed': list(range(args.seeds))},
-      [{'train': 'LA', 'eval': 'LA'}, {'train': 'L', 'eval': 'L'}], ('train',))
-  rows = run_rows(experiments, os.path.join(workdir, 'runs'))
+      [{'train': subset, 'eval': subset, 'finetune.prompt_loss': loss}
+       for loss in args.prompt_losses.split(',') for subset in ('LA', 'L')],
+      ('train', 'finetune.prompt_loss'))
+  rows = [{**row, 'mode': PROMPT_LOSS_ROWS[row['finetune.prompt_loss']]}
+          for row in run_rows(experiments, os.path.join(workdir, 'runs'))]
   floor = []
   for fold in folds:
     run = next(r for r in rows if r['fold'] == str(fold))
-    floor.append({'train': 'pooled MFCC + logistic regression', 'fold': fold,
+    floor.append({'train': 'pooled MFCC + logistic regression', 'mode': '', 'fold': fold,
                   **mfcc_floor(data + '.jsonl', os.path.join(run['workdir'], finetuning.SPLITS_FILE))})
-  key = ('train',)
+  key = ('train', 'mode')
   table = summary([*rows, *floor], key)
   print(f'\nRAVDESS speech, 4 classes, leave-one-session-out folds {folds}: test UA / WA / macro-F1 (%), mean ± std '
         f'over folds x {args.seeds} seeds (the floor: over folds):\n')
   print_table(table, key)
-  get = lambda k: table.get((k,))  # noqa: E731
-  print(evaluation.claims_table([
-      ('text + audio beats text alone', get('LA'), get('L'), False),
-      ('text + audio beats the pooled-MFCC floor', get('LA'), get('pooled MFCC + logistic regression'), False)]))
+  get = lambda *k: table.get(k)  # noqa: E731
+  claims = []
+  for mode in dict.fromkeys(row['mode'] for row in rows):
+    claims += [(f'text + audio beats text alone ({mode})', get('LA', mode), get('L', mode), False),
+               (f'text + audio beats the pooled-MFCC floor ({mode})', get('LA', mode),
+                get('pooled MFCC + logistic regression', ''), False)]
+  print(evaluation.claims_table(claims))
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -365,7 +372,7 @@ def main(argv: Sequence[str] | None = None) -> None:
   parser.add_argument('--lr', type=float, default=5e-5, help='peak finetuning learning rate')
   parser.add_argument('--text_stage_steps', type=int, default=200)
   parser.add_argument('--prompt_losses', default='vocabulary,label_words',
-                      help="text: the prompt runs' finetune.prompt_loss values (configs/finetune.py)")
+                      help="the prompt runs' finetune.prompt_loss values (configs/finetune.py), each a row")
   parser.add_argument('--folds', default='1', help='speech: comma-separated leave-one-session-out folds (1..24)')
   args = parser.parse_args(argv)
   os.makedirs(args.workdir, exist_ok=True)
