@@ -21,7 +21,7 @@ import ml_collections
 from configs import common
 
 # pretrain_steps: steps of each stage; seeds: finetuning seeds per row (3: a verdict for each claim).
-ARGUMENTS = dict(data='demo_out', pretrain_steps=1000, finetune_steps=400, seeds=3, full=False)
+ARGUMENTS = dict(data='demo_out', pretrain_steps=600, finetune_steps=200, seeds=3, full=False)
 
 
 CLAIM_ROWS = [
