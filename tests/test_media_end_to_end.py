@@ -16,7 +16,7 @@ from data_prep.corpora import video as video_corpus
 from memobert_jax import inference, predict, tokenizer as tokenizer_lib
 from memobert_jax.data import schema
 from memobert_jax.training import finetuning, pretraining
-from tests import corpus_helpers, media_helpers
+from tests import corpus_helpers, media_helpers, process_helpers
 
 pytestmark = pytest.mark.slow
 FPS = 10
@@ -114,8 +114,8 @@ def test_videos_and_subtitles_become_shards_a_model_and_a_prediction(media, tmp_
     assert output['label'] in labels and abs(sum(output['probabilities'].values()) - 1) < 1e-4
   command = [sys.executable, '-m', 'memobert_jax.predict', f'--model={best}',
              f'--video={media / "videos" / "episode0.mp4"}']
-  env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'} | {'PYTHONPATH': ROOT, 'JAX_PLATFORMS': 'cpu'}
-  printed = subprocess.run(command, capture_output=True, text=True, check=True, cwd=ROOT, env=env).stdout
+  printed = subprocess.run(command, capture_output=True, text=True, check=True, cwd=ROOT,
+                           env=process_helpers.one_device_env()).stdout
   assert json.loads(printed.strip().splitlines()[-1])['label'] in labels
 
 

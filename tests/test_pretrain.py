@@ -18,7 +18,7 @@ from configs import finetune as finetune_config
 from configs import pretrain
 from memobert_jax import tokenizer as tokenizer_lib
 from memobert_jax.training import checkpointing, finetuning, metrics, pretraining, workdir as workdir_lib
-from tests import corpus_helpers
+from tests import corpus_helpers, process_helpers
 
 pytestmark = pytest.mark.slow
 STEPS = 8
@@ -111,6 +111,19 @@ def test_event_files_hold_the_training_metrics(reference):
   assert learning_rate[1] == 0.0 and max(learning_rate.values()) > learning_rate[STEPS] > 0
 
 
+def test_the_jobs_write_event_files_without_importing_tensorflow(tmp_path):
+  """TensorFlow would add seconds to the start of every run and could take the GPU from JAX."""
+  script = (f'import sys\n'
+            f'from memobert_jax import inference, train\n'
+            f'from memobert_jax.training import finetuning, metrics, pretraining\n'
+            f'writer = metrics.SummaryWriter({str(tmp_path)!r})\n'
+            f'writer.scalars(3, {{"loss": 1.5}})\n'
+            f'writer.close()\n'
+            f'assert "tensorflow" not in sys.modules, sorted(m for m in sys.modules if m.startswith("tensorflow"))\n')
+  subprocess.run([sys.executable, '-c', script], env=process_helpers.one_device_env(), check=True, cwd=ROOT)
+  assert metrics.read_scalars(str(tmp_path)) == {'loss': {3: 1.5}}
+
+
 def resume_copy(reference_dir: str, workdir: str, keep_up_to: int) -> None:
   """A copy of the reference workdir as it was after `keep_up_to` steps (later checkpoints and logs removed),
   without its run record: the tests resume it without the reference's validation settings."""
@@ -168,15 +181,9 @@ def run_command(values: dict, workdir: str, steps: int) -> list[str]:
   return args
 
 
-def subprocess_env() -> dict:
-  env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS='cpu')
-  env.pop('XLA_FLAGS', None)  # one real CPU device, like a debug run
-  return env
-
-
 def run_until_killed(values: dict, workdir: str, steps: int, kill_after: int) -> int:
   """Starts the run and SIGKILLs it once a checkpoint of step >= kill_after exists; returns the latest step then."""
-  process = subprocess.Popen(run_command(values, workdir, steps), env=subprocess_env(), cwd=ROOT,
+  process = subprocess.Popen(run_command(values, workdir, steps), env=process_helpers.one_device_env(), cwd=ROOT,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
   checkpoints = os.path.join(workdir, 'checkpoints')
   saved = lambda: [int(d) for d in os.listdir(checkpoints) if d.isdigit()] if os.path.isdir(checkpoints) else []
@@ -197,14 +204,14 @@ def test_chained_sigkills_reproduce_the_uninterrupted_run_exactly(corpus, tmp_pa
   values = overrides(shards, vocab, (1, 1, 1), 16)
   values['checkpoint.every_steps'] = 1
   straight, interrupted = str(tmp_path / 'straight'), str(tmp_path / 'interrupted')
-  subprocess.run(run_command(values, straight, steps), env=subprocess_env(), check=True, cwd=ROOT,
+  subprocess.run(run_command(values, straight, steps), env=process_helpers.one_device_env(), check=True, cwd=ROOT,
                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
   kill_points = sorted(np.random.default_rng().choice(np.arange(3, steps - 2), size=3, replace=False).tolist())
   killed_at = []
   for kill_after in kill_points:
     killed_at.append(run_until_killed(values, interrupted, steps, max(kill_after, max(killed_at, default=0) + 1)))
-  subprocess.run(run_command(values, interrupted, steps), env=subprocess_env(), check=True, cwd=ROOT,
+  subprocess.run(run_command(values, interrupted, steps), env=process_helpers.one_device_env(), check=True, cwd=ROOT,
                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
   context = f'killed after checkpoints {killed_at}'
@@ -231,7 +238,7 @@ def test_two_processes_train_together_like_two_hosts(corpus, tmp_path):
     port = probe.getsockname()[1]
   processes = []
   for index in range(2):
-    env = dict(subprocess_env(), JAX_COORDINATOR_ADDRESS=f'localhost:{port}', JAX_NUM_PROCESSES='2',
+    env = dict(process_helpers.one_device_env(), JAX_COORDINATOR_ADDRESS=f'localhost:{port}', JAX_NUM_PROCESSES='2',
                JAX_PROCESS_ID=str(index))
     processes.append(subprocess.Popen(run_command(values, workdir, steps), env=env, cwd=ROOT,
                                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))

@@ -8,12 +8,18 @@ them costs no stall while the current step runs.
 import collections
 import contextlib
 import glob
+import itertools
 import os
+import socket
 import time
 
 import jax
 import numpy as np
 import tqdm
+from etils import epath
+from tensorboard.compat.proto import event_pb2, summary_pb2
+from tensorboard.plugins.scalar import metadata as scalar_metadata
+from tensorboard.summary.writer import record_writer
 from tensorboard.util import tensor_util
 
 
@@ -37,30 +43,43 @@ def _to_host(step: int, metrics: dict) -> tuple[int, dict[str, float]]:
 
 
 class SummaryWriter:
-  """TensorBoard scalars, written by process 0 only."""
+  """TensorBoard scalars, written by process 0 only.
+
+  Writes the records tf.summary.scalar writes (scalar-plugin tensor summaries in a TFRecord event file)
+  without importing TensorFlow, which would cost every run seconds at start and could take the GPU."""
+
+  _files_opened = itertools.count()  # Two writers of one process in one second still get their own files.
 
   def __init__(self, logdir: str):
     self.enabled = jax.process_index() == 0
     if self.enabled:
-      import tensorflow as tf  # Deferred: only the writing process pays for the import.
-      tf.config.set_visible_devices([], 'GPU')  # TF must not take the accelerator from JAX.
-      self._tf = tf
-      self._writer = tf.summary.create_file_writer(logdir)
+      folder = epath.Path(logdir)
+      folder.mkdir(parents=True, exist_ok=True)
+      name = (f'events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}.{os.getpid()}.'
+              f'{next(self._files_opened)}.v2')
+      self._records = record_writer.RecordWriter((folder / name).open('wb'))
+      self._write(event_pb2.Event(wall_time=time.time(), file_version='brain.Event:2'))
+      self._metadata = scalar_metadata.create_summary_metadata(display_name='', description='')
+
+  def _write(self, event) -> None:
+    self._records.write(event.SerializeToString())
 
   def scalars(self, step: int, values: dict[str, float]) -> None:
     if not self.enabled:
       return
-    with self._writer.as_default(step=step):
-      for name, value in values.items():
-        self._tf.summary.scalar(name, value)
+    summary = summary_pb2.Summary(value=[
+        summary_pb2.Summary.Value(tag=name, metadata=self._metadata,
+                                  tensor=tensor_util.make_tensor_proto(np.float32(value)))
+        for name, value in values.items()])
+    self._write(event_pb2.Event(wall_time=time.time(), step=step, summary=summary))
 
   def flush(self) -> None:
     if self.enabled:
-      self._writer.flush()
+      self._records.flush()
 
   def close(self) -> None:
     if self.enabled:
-      self._writer.close()
+      self._records.close()
 
 
 def progress_bar(total: int, initial: int, description: str) -> tqdm.tqdm:
