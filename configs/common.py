@@ -150,7 +150,7 @@ def data_config() -> ml_collections.ConfigDict:
       visual_buckets=(12, 36),
       acoustic_buckets=(32, 64),
       mlm_max_predictions=12,  # MLM logits are computed at this many positions per example
-      shuffle_window=10000,  # examples; the shards are also read in a shuffled, interleaved order
+      shuffle_window=10000,  # examples, at most a host's share of the split; shards are also read shuffled
       interleave_shards=8,  # shards read at once
       prefetch_batches=2,
   ))

@@ -214,7 +214,9 @@ def test_checked_shard_reader_keeps_grains_iterator_state(corpus):
   shards, tokenizer = corpus
   path = str(shards / SHARD)
   plain = iter(grain.experimental.TFRecordIterDataset(path))
-  checked = iter(sources_lib.ShardRecords(path, (shards / SHARD).stat().st_size))
+  info, = [s for split in schema.DatasetMetadata.load(str(shards)).splits.values() for s in split.shards
+           if s.file == SHARD]
+  checked = iter(sources_lib.ShardRecords(path, info))
   for _ in range(2):
     assert next(plain) == next(checked)
   assert plain.get_state() == checked.get_state()  # checkpoints written before this reader existed still restore

@@ -83,6 +83,19 @@ def test_two_processes_read_disjoint_examples_whose_union_is_the_split(corpus):
   assert len(seen[0]) + len(seen[1]) == source.metadata.splits['train'].num_examples
 
 
+def test_a_shuffle_window_past_the_split_holds_one_pass_of_it(corpus):
+  """Not copies of it from later epochs: a window of 10000 over 210 examples would only delay every start."""
+  shards, tokenizer = corpus
+  config = make_config(shards, tokenizer)
+  config.data.update(shuffle_window=10000, interleave_shards=1)  # one shard at a time: passes do not overlap
+  source = sources_lib.open_source(shards, 1.0, config.model)
+  examples = iter(pipeline.example_dataset([source], 'train', config.data, tokenizer, seed=0, shuffle=True,
+                                           repeat=True, process_index=0, process_count=1))
+  split_size = source.metadata.splits['train'].num_examples
+  first_pass = [e.id for e in take(examples, split_size) if e is not None]
+  assert len(first_pass) == len(set(first_pass)) > split_size * 0.9
+
+
 def test_one_task_per_step_drawn_with_the_configured_weights(corpus):
   shards, tokenizer = corpus
   config = make_config(shards, tokenizer)

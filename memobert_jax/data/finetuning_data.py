@@ -58,7 +58,7 @@ def load_utterances(path: str, splits: Sequence[str], model_cfg: ConfigDict, dat
       raise ValueError(f'{path} has no split {split!r}; it has {sorted(metadata.splits)}')
     for shard in metadata.splits[split].shards:
       file = os.path.join(path, shard.file)
-      for index, record in enumerate(sources.ShardRecords(file, shard.num_bytes)):
+      for index, record in enumerate(sources.ShardRecords(file, shard)):
         example = _decoded(record, metadata, file, index)
         if example['label'] == schema.UNLABELLED:
           raise ValueError(f'{file}: utterance {example["id"]} has no label; finetuning needs labels')

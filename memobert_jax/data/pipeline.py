@@ -2,7 +2,8 @@
 
 Shuffling: TFRecord shards are sequential files, so the order is randomised in
 two stages: every epoch visits the shards in a new random order, `interleave_shards`
-of them read at once, and a window of `shuffle_window` examples is shuffled on top.
+of them read at once, and a window of `shuffle_window` examples (at most the
+host's share of the split) is shuffled on top.
 (A random-access format would allow a global shuffle; TFRecord keeps the shards
 streamable from any file system, and the two stages mix well when shards are many.)
 
@@ -116,14 +117,17 @@ def example_dataset(sources: Sequence[sources_lib.Source], split: str, data_cfg:
   """Prepared examples (or None for a dropped one) from one or several datasets, mixed by weight."""
   streams = []
   for i, source in enumerate(sources):
-    files = grain.MapDataset.source(sources_lib.shard_records(source, split, process_index, process_count))
+    shards = sources_lib.shard_records(source, split, process_index, process_count)
+    files = grain.MapDataset.source(shards)
     if shuffle:
       files = files.shuffle(seed=seed + i)
     if repeat:
       files = files.repeat(None)
     records = grain.experimental.InterleaveIterDataset(files, cycle_length=data_cfg.interleave_shards)
     if shuffle:
-      records = window_shuffle.WindowShuffleIterDataset(records, window_size=data_cfg.shuffle_window, seed=seed + i)
+      # A window past this host's share of the split would hold repeats of it and only delay every (re)start.
+      window = max(1, min(data_cfg.shuffle_window, sum(shard.num_examples for shard in shards)))
+      records = window_shuffle.WindowShuffleIterDataset(records, window_size=window, seed=seed + i)
     stats = sources_lib.feature_stats(source, split, data_cfg)
     streams.append(records.map(Preparer(data_cfg, tokenizer, source.metadata, stats)))
   if len(streams) == 1:

@@ -123,10 +123,11 @@ class ShardRecords(grain.IterDataset):
   checked against metadata.json: a shard cut between two records is an error, not fewer examples.
   """
 
-  def __init__(self, path: str, num_bytes: int):
+  def __init__(self, path: str, info: schema.ShardInfo):
     super().__init__()
     self.path = path
-    self.num_bytes = num_bytes
+    self.num_bytes = info.num_bytes
+    self.num_examples = info.num_examples
 
   def __iter__(self) -> _ShardRecordIterator:
     size = os.path.getsize(self.path)
@@ -138,7 +139,7 @@ class ShardRecords(grain.IterDataset):
 
 
 def shard_records(source: Source, split: str, process_index: int, process_count: int) -> list[ShardRecords]:
-  """This process's shards of a split (`shard_files`), each read with the size metadata.json records for it."""
+  """This process's shards of a split (`shard_files`), each read with what metadata.json records for it."""
   paths = shard_files(source, split, process_index, process_count)
-  num_bytes = {os.path.join(source.path, s.file): s.num_bytes for s in source.metadata.splits[split].shards}
-  return [ShardRecords(path, num_bytes[path]) for path in paths]
+  info = {os.path.join(source.path, s.file): s for s in source.metadata.splits[split].shards}
+  return [ShardRecords(path, info[path]) for path in paths]
