@@ -47,7 +47,7 @@ import numpy as np
 from data_prep import acoustic_features, write_shards
 from data_prep.corpora import common
 from memobert_jax import evaluation, hf_import, init_checkpoint, sweep
-from memobert_jax.training import finetuning
+from memobert_jax.training import finetuning, setup
 
 LABELS = common.EMOTIONS  # anger, happy, neutral, sad
 LABEL_WORDS = ('angry', 'happy', 'neutral', 'sad')  # what "I am [MASK] ." reads at [MASK], in LABELS' order
@@ -394,8 +394,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                       'is at chance on RAVDESS by design; leave it out to tune on unreported folds)')
   args = parser.parse_args(argv)
   os.makedirs(args.workdir, exist_ok=True)
-  import jax
-  jax.config.update('jax_compilation_cache_dir', os.path.join(os.path.abspath(args.workdir), 'xla_cache'))
+  setup.use_compilation_cache(os.path.join(os.path.abspath(args.workdir), 'xla_cache'))
   (text_benchmark if args.benchmark == 'text' else speech_benchmark)(args)
 
 

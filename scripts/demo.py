@@ -76,11 +76,9 @@ def main(argv=None) -> None:
   os.makedirs(workdir, exist_ok=True)
   start = time.time()
 
-  import jax
-  # Many demo runs compile the same steps: compile each once, also across demo runs.
-  jax.config.update('jax_compilation_cache_dir', os.path.join(workdir, 'xla_cache'))
-  jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.5)
   from memobert_jax import config_utils, evaluation, sweep
+  from memobert_jax.training import setup
+  setup.use_compilation_cache(os.path.join(workdir, 'xla_cache'))  # also across demo runs
 
   prepare_data(workdir, args.num_labelled, args.num_unlabelled, args.workers)
   print('[4/4] pretraining and finetuning (configs/sweeps/demo.py)')

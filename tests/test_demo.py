@@ -5,9 +5,11 @@ import math
 import os
 import sys
 
+import jax
 import pytest
 
 from memobert_jax import config_utils, sweep
+from memobert_jax.training import setup
 
 pytestmark = pytest.mark.slow
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -45,6 +47,20 @@ def test_demo_runs_end_to_end_and_prints_the_results_table(demo_dir, capsys):
       for name in ('results.json', 'confusion.png', 'best/memobert_init.json'):
         assert os.path.exists(os.path.join(runs, run.name, name)), (run.name, name)
   assert os.listdir(os.path.join(runs, 'pretrain', 'multimodal', 'tensorboard'))
+
+
+def test_a_job_keeps_the_compilation_cache_its_caller_set(tmp_path):
+  """demo.main in a test session (or under JAX_COMPILATION_CACHE_DIR) must not move the caller's cache."""
+  session_cache = jax.config.jax_compilation_cache_dir
+  assert session_cache  # conftest sets one
+  setup.use_compilation_cache(str(tmp_path / 'demo_cache'))
+  assert jax.config.jax_compilation_cache_dir == session_cache
+  try:
+    jax.config.update('jax_compilation_cache_dir', None)
+    setup.use_compilation_cache(str(tmp_path / 'demo_cache'))
+    assert jax.config.jax_compilation_cache_dir == str(tmp_path / 'demo_cache')
+  finally:
+    jax.config.update('jax_compilation_cache_dir', session_cache)
 
 
 def test_the_default_demo_runs_three_seeds_of_the_claims_rows_and_full_adds_the_papers_other_rows(tmp_path):

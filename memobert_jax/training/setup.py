@@ -44,6 +44,14 @@ def maybe_initialize_distributed() -> None:
     jax.distributed.initialize()
 
 
+def use_compilation_cache(directory: str) -> None:
+  """XLA's persistent cache in `directory`, so that a job of many runs compiles each step once; a cache the
+  caller set (JAX_COMPILATION_CACHE_DIR, a test session's) is kept."""
+  if not jax.config.jax_compilation_cache_dir:
+    jax.config.update('jax_compilation_cache_dir', directory)
+    jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.5)
+
+
 def load_tokenizer(config: ConfigDict) -> tokenizer_lib.Tokenizer:
   spec = config.data.tokenizer
   return tokenizer_lib.load_tokenizer(spec.kind, spec.path, spec.lowercase)
