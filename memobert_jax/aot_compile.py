@@ -29,7 +29,7 @@ _JSON = flags.DEFINE_string('json', None, 'Also write the reports to this JSON f
 
 
 def main(argv):
-  del argv
+  config_utils.refuse_extra_arguments(argv)
   configs = [(c, _TASK.value) for c in (_CONFIG.value,) if c is not None]
   configs += [(c, 'all') for c in (_FINETUNE.value,) if c is not None]
   if not configs:

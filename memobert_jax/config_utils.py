@@ -176,6 +176,14 @@ def _check_override(config: ml_collections.ConfigDict, flag: str, key: str, valu
     sys.exit(f'error: --{flag}.{key}: {error}')
 
 
+def refuse_extra_arguments(argv: Sequence[str]) -> None:
+  """Exits when arguments are left after the flags. absl passes them to main, which would drop them: the shell
+  makes of an unquoted `--config.data.text_buckets=32, 64` the flag `...=32,` and a stray `64`."""
+  if len(argv) > 1:
+    sys.exit(f'error: unexpected argument(s) {" ".join(argv[1:])!r}: every setting is a --flag=value; quote a '
+             "value with spaces, e.g. --config.data.text_buckets='(32, 64)'")
+
+
 def git_revision() -> str:
   """The project's git commit ('+dirty' if the tree has changes), or 'unknown' outside a checkout."""
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -20,7 +20,7 @@ import sys
 import numpy as np
 from absl import app, flags, logging
 
-from memobert_jax import inference
+from memobert_jax import config_utils, inference
 from memobert_jax.data import finetuning_data
 
 _MODEL = flags.DEFINE_string('model', None, 'A finetuned model folder (a finetuning run\'s best/).')
@@ -93,7 +93,7 @@ def media_frames(predictor: inference.Predictor, video: str | None, wav: str | N
 
 
 def main(argv):
-  del argv
+  config_utils.refuse_extra_arguments(argv)
   logging.set_verbosity(logging.WARNING)
   from_media = _VIDEO.value is not None or _WAV.value is not None
   if (_MANIFEST.value is None) == (_TEXT.value is None and not from_media):

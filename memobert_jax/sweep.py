@@ -196,7 +196,7 @@ def _slice(text: str) -> tuple[int, int]:
 
 
 def main(argv):
-  del argv
+  config_utils.refuse_extra_arguments(argv)
   logging.set_verbosity(logging.WARNING)
   part, parts = _slice(_SLICE.value)
   sweep = config_utils.load_config_or_exit('sweep', _SWEEP.value)

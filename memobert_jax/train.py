@@ -16,7 +16,7 @@ _CONFIG, _WORKDIR, _ALLOW_CONFIG_CHANGE = config_utils.define_run_flags(
 
 
 def main(argv):
-  del argv
+  config_utils.refuse_extra_arguments(argv)
   logging.set_verbosity(logging.WARNING)
   pretraining.pretrain(_CONFIG.value, os.path.abspath(_WORKDIR.value), allow_config_change=_ALLOW_CONFIG_CHANGE.value)
 

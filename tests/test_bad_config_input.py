@@ -88,6 +88,9 @@ def test_apply_overrides_names_the_key():
      "config argument seeds='two' is not an integer"),
     ('memobert_jax.sweep', ['--sweep', f'{ROOT}/configs/sweeps/demo.py', '--slice', '2'],
      "--slice '2' is not k/n"),
+    # What the shell makes of an unquoted --config.data.text_buckets=32, 64: the 64 must not be dropped.
+    ('memobert_jax.train', ['--config', f'{ROOT}/configs/pretrain.py:tiny,mesh=cpu', '--config.data.text_buckets=32,',
+                            '64'], "error: unexpected argument(s) '64': every setting is a --flag=value"),
 ])
 def test_entry_points_stop_with_the_message_before_starting(module, args, message, tmp_path):
   result = run_module(module, *args, f'--workdir={tmp_path}')
