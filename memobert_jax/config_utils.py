@@ -8,6 +8,7 @@ existing keys instead of failing deep inside flag parsing.
 import ast
 import difflib
 import importlib.util
+import math
 import os
 import subprocess
 import sys
@@ -78,6 +79,8 @@ def parse_value(text: str, current: Any) -> Any:
     raise ValueError(f'{text!r} is not {type_name}') from None
   if isinstance(current, tuple):
     _check_tuple(text, value, current)
+  if isinstance(value, float) and not math.isfinite(value):  # a nan learning rate would train to nan silently
+    raise ValueError(f'{text!r} is not a finite float')
   return value
 
 

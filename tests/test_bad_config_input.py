@@ -36,6 +36,8 @@ def run_module(module: str, *args: str) -> subprocess.CompletedProcess:
 @pytest.mark.parametrize('override,message', [
     ('--config.optim.learning_rate=abc', "error: --config.optim.learning_rate: 'abc' is not a float"),
     ('--config.optim.total_steps=two', "error: --config.optim.total_steps: 'two' is not an integer"),
+    ('--config.optim.learning_rate=nan', "error: --config.optim.learning_rate: 'nan' is not a finite float"),
+    ('--config.optim.weight_decay=inf', "error: --config.optim.weight_decay: 'inf' is not a finite float"),
     ('--config.optim.total_steps=1.5', "error: --config.optim.total_steps: '1.5' is not an integer"),
     ('--config.data.drop_long_text=maybe', "error: --config.data.drop_long_text: 'maybe' is not a boolean"),
     ('--config.data.text_buckets=16,abc', "error: --config.data.text_buckets: '16,abc' is not a tuple of int"),
