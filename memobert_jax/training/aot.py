@@ -47,8 +47,9 @@ def batch_spec(config: ConfigDict, task: str, micro_batches: int, micro_batch_si
   sizes = {'Lt': batch_lib.bucket(data.max_text_tokens + 2, data.text_buckets, 'text'), 'Lv': frames['visual'],
            'La': frames['acoustic'], 'Dv': config.model.visual_dim, 'Da': config.model.acoustic_dim,
            'C': len(schema.SOFT_LABEL_CLASSES), 'P': data.mlm_max_predictions if task == 'mlm' else 1,
-           # The label words: the config's, else the paper's four classes (the data's names are not read here).
-           'K': len(config.finetune.label_words) if config.get('finetune') and config.finetune.label_words else 4}
+           # The label words: the config's, else one per assumed class (the data's names are not read here).
+           'K': (len(config.finetune.label_words) if config.get('finetune') and config.finetune.label_words
+                 else ASSUMED_CLASSES)}
   lead = (micro_batches, micro_batch_size)
   return {key: jax.ShapeDtypeStruct(lead + shape, dtype)
           for key, (shape, dtype) in batch_lib.shapes(task, sizes).items()}
