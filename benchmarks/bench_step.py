@@ -19,9 +19,11 @@ MLM targets are as in training). Reported per task:
     FLOPs per CPU-second): on a machine shared with other jobs the wall-clock fraction mostly measures the
     load, this one the code; and the system CPU time and page faults per step.
 
-`--torch` also times the PyTorch reference (benchmarks/torch_reference.py) on the same batch, alternating one
-JAX step and one torch step in this process so that both see the same machine load; the per-pair ratios give
-the spread of JAX/torch examples/s.
+`--torch` also times the PyTorch references (benchmarks/torch_reference.py: the one written from the spec, and
+the UNITER-style one on transformers' BertEncoder) on the same batch, alternating one JAX step and one step of
+each in this process so that all see the same machine load; the per-round ratios give the spread of JAX/torch
+examples/s. On CPU the cpu preset's allocator setting (setup.reuse_freed_host_memory) holds for all of them;
+`--default_allocator` measures glibc's default instead.
 """
 
 import argparse
@@ -182,36 +184,41 @@ def _summary(times: list[float], examples: int, tokens: int) -> dict[str, float]
           'examples_per_s': examples / median, 'tokens_per_s': tokens / median}
 
 
-def bench_task(jax_step: JaxStep, config: ConfigDict, task: str, steps: int, torch_trainer=None) -> dict:
+def bench_task(jax_step: JaxStep, config: ConfigDict, task: str, steps: int,
+               torch_trainers: dict | None = None) -> dict:
+  """Times the task's JAX step, alternating with each torch reference (by encoder name) step by step."""
+  torch_trainers = torch_trainers or {}
   batch = host_batch(config, task, np.random.default_rng(0))
   result = {'task': task, **jax_step.compile(task, batch)}
   device_batch = jax_step.device_batch(batch)
   examples, tokens = config.batch_size, valid_tokens(batch)
   torch_batch = None
-  if torch_trainer is not None:
+  if torch_trainers:
     from benchmarks import torch_reference  # Deferred: torch is an optional benchmark dependency.
     torch_batch = torch_reference.to_torch({k: v[0] for k, v in batch.items()})
-    torch_trainer.step(torch_batch, task)  # warm-up (allocator, oneDNN primitive caches)
+    for trainer in torch_trainers.values():
+      trainer.step(torch_batch, task)  # warm-up (allocator, oneDNN primitive caches)
   jax_step.run(task, device_batch)  # warm-up
-  jax_times, torch_times = [], []
-  usage = {'jax': _Usage(), 'torch': _Usage()}
+  times = {'jax': [], **{name: [] for name in torch_trainers}}
+  usage = {name: _Usage() for name in times}
   for _ in range(steps):
     with usage['jax']:
-      jax_times.append(jax_step.run(task, device_batch))
-    if torch_trainer is not None:
-      with usage['torch']:
+      times['jax'].append(jax_step.run(task, device_batch))
+    for name, trainer in torch_trainers.items():
+      with usage[name]:
         start = time.perf_counter()
-        torch_trainer.step(torch_batch, task)
-        torch_times.append(time.perf_counter() - start)
-  result.update(_summary(jax_times, examples, tokens))
+        trainer.step(torch_batch, task)
+        times[name].append(time.perf_counter() - start)
+  result.update(_summary(times['jax'], examples, tokens))
   result.update(usage['jax'].per_step(steps))
   result['tokens_per_step'] = tokens
   result['achieved_flops'] = result['flops_per_step'] / result['step_s_median']
   result['flops_per_cpu_s'] = result['flops_per_step'] / (result['user_cpu_s'] + result['system_cpu_s'])
-  if torch_times:
-    result['torch'] = {**_summary(torch_times, examples, tokens), **usage['torch'].per_step(steps)}
-    ratios = [t / j for j, t in zip(jax_times, torch_times)]
-    result['jax_over_torch'] = {'median': statistics.median(ratios), 'min': min(ratios), 'max': max(ratios)}
+  result['torch'], result['jax_over_torch'] = {}, {}
+  for name in torch_trainers:
+    result['torch'][name] = {**_summary(times[name], examples, tokens), **usage[name].per_step(steps)}
+    ratios = [t / j for j, t in zip(times['jax'], times[name])]
+    result['jax_over_torch'][name] = {'median': statistics.median(ratios), 'min': min(ratios), 'max': max(ratios)}
   return result
 
 
@@ -222,9 +229,10 @@ def _line(result: dict) -> str:
           f'({100 * result["fraction_of_peak"]:.0f}% of peak, '
           f'{100 * result.get("fraction_of_peak_cpu_time", float("nan")):.0f}% per CPU-second)  '
           f'compile {result["compile_s"]:.1f}s  sys {result["system_cpu_s"]:.1f}s/step')
-  if 'torch' in result:
-    ratio = result['jax_over_torch']
-    line += (f'  | torch {result["torch"]["examples_per_s"]:.2f} ex/s sys {result["torch"]["system_cpu_s"]:.1f}s/step  '
+  for name, torch_result in result['torch'].items():
+    ratio = result['jax_over_torch'][name]
+    line += (f'\n{"":20s} torch ({name} encoder) {torch_result["examples_per_s"]:.2f} ex/s step '
+             f'{torch_result["step_s_median"]:.3f}s sys {torch_result["system_cpu_s"]:.1f}s/step  '
              f'JAX/torch {ratio["median"]:.2f}x [{ratio["min"]:.2f}-{ratio["max"]:.2f}]')
   return line
 
@@ -253,7 +261,13 @@ def main(argv: list[str]) -> None:
                       'rbg, unsafe_rbg); default: jax\'s')
   parser.add_argument('--peak_tflops', type=float, default=None,
                       help='the device\'s peak in TFLOP/s (GPU/TPU datasheet, for the dtype); default: measured matmul')
-  parser.add_argument('--torch', action='store_true', help='time the PyTorch reference alternately with JAX')
+  parser.add_argument('--torch', action='store_true', help='time the PyTorch references alternately with JAX')
+  parser.add_argument('--torch_encoders', default='project,transformers',
+                      help="with --torch: the references' encoders (torch_reference.ENCODERS): 'project' (written "
+                           "from the spec, fused QKV) and 'transformers' (BertEncoder, UNITER-style)")
+  parser.add_argument('--default_allocator', action='store_true',
+                      help="leave glibc's malloc as it is (the cpu preset makes it reuse freed memory, for both "
+                           'JAX and torch in this process)')
   parser.add_argument('--json', default=None, help='also write the results to this file')
   args = parser.parse_args(argv)
 
@@ -266,23 +280,28 @@ def main(argv: list[str]) -> None:
     overrides['attention_dropout_rate'] = args.attention_dropout
   config = make_config(args.model, batch=args.batch, dtype=args.dtype, text_len=args.text_len,
                        visual_len=args.visual_len, acoustic_len=args.acoustic_len, **overrides)
+  reuse_host_memory = (config.mesh.reuse_host_memory and not args.default_allocator
+                       and setup.reuse_freed_host_memory())
   report = {'device': str(jax.devices()[0].device_kind), 'platform': jax.default_backend(), 'model': args.model,
             'batch': args.batch, 'dtype': args.dtype, 'shapes': [args.text_len, args.visual_len, args.acoustic_len],
-            'overrides': overrides, 'prng_impl': jax.config.jax_default_prng_impl, 'load_before': _load()}
+            'overrides': overrides, 'prng_impl': jax.config.jax_default_prng_impl, 'reuse_host_memory': reuse_host_memory,
+            'load_before': _load()}
   if args.peak_tflops:
     report['peak_flops'] = args.peak_tflops * 1e12
   else:
     report.update(matmul_peak())
-  torch_trainer = None
+  torch_trainers = {}
   if args.torch:
     import torch  # Deferred: torch is an optional benchmark dependency.
 
     from benchmarks import torch_reference
-    torch_trainer = torch_reference.TorchTrainer(config.model, config.optim, seed=config.seed)
+    torch_trainers = {encoder: torch_reference.TorchTrainer(config.model, config.optim, seed=config.seed,
+                                                            encoder=encoder)
+                      for encoder in args.torch_encoders.split(',')}
     report['torch_version'], report['torch_threads'] = torch.__version__, torch.get_num_threads()
   jax_step = JaxStep(config)
   tasks = TASKS if args.task == 'all' else (args.task,)
-  report['results'] = [bench_task(jax_step, config, task, args.steps, torch_trainer) for task in tasks]
+  report['results'] = [bench_task(jax_step, config, task, args.steps, torch_trainers) for task in tasks]
   if not args.peak_tflops:
     # Measured again at the end, the best of both: a peak measured while other jobs ran would flatter the step.
     again = matmul_peak()

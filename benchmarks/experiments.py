@@ -19,6 +19,7 @@ transform, or a patch applied while B is traced.
 import argparse
 import contextlib
 import dataclasses
+import functools
 import json
 import statistics
 import sys
@@ -31,7 +32,7 @@ import numpy as np
 
 from benchmarks import bench_step
 from memobert_jax.model import layers
-from memobert_jax.training import tasks as tasks_lib
+from memobert_jax.training import setup, tasks as tasks_lib
 
 
 def _all_text_positions(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -93,6 +94,18 @@ def _bernoulli_dropout():
 
 
 @contextlib.contextmanager
+def _erfc_gelu():
+  """The GELU the model used before: jax.nn.gelu(approximate=False), which XLA computes through erfc."""
+  from memobert_jax.model import encoder, heads
+  saved = encoder.gelu
+  encoder.gelu = heads.gelu = functools.partial(jax.nn.gelu, approximate=False)
+  try:
+    yield
+  finally:
+    encoder.gelu = heads.gelu = saved
+
+
+@contextlib.contextmanager
 def _separate_qkv():
   """Query, key and value as three matmuls with the slices of the same fused [H, 3, heads, d] kernel
   (the XLA attention path of memobert_jax/model/encoder.py otherwise unchanged)."""
@@ -149,6 +162,8 @@ VARIANTS = {
                                  patch=lambda batch: _bernoulli_dropout()),
     'rbg_dropout_keys': Variant('dropout keys from the rbg PRNG (B) vs threefry (A)',
                                 patch=lambda batch: _prng('rbg')),
+    'erfc_gelu': Variant('GELU through erfc, jax.nn.gelu(approximate=False) (B) vs through erf (A)',
+                         patch=lambda batch: _erfc_gelu()),
     'separate_qkv': Variant('three Q/K/V matmuls on slices of the fused kernel (B) vs one fused matmul (A)',
                             patch=lambda batch: _separate_qkv()),
     'no_dropout': Variant('no dropout at all (B) vs dropout 0.1 (A): what dropout costs',
@@ -300,6 +315,7 @@ def main(argv: list[str]) -> None:
                       help='timed A/B step pairs after one warm-up step each; 0 only compiles both')
   parser.add_argument('--json', default=None)
   args = parser.parse_args(argv)
+  setup.reuse_freed_host_memory()  # as the cpu preset's jobs run (A and B alike)
   with open('/proc/loadavg') as f:
     load_before = ' '.join(f.read().split()[:3])
   if args.variant == 'qkv_microbench':

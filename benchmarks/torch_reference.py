@@ -9,6 +9,10 @@ clipping and linear schedule, and dropout everywhere the JAX model has it.
 Attention uses `torch.nn.functional.scaled_dot_product_attention` (PyTorch's
 fastest CPU path, with its own dropout) in eager mode.
 
+`encoder='transformers'` swaps the encoder layers for transformers' `BertEncoder` (its SDPA attention), the
+UNITER-style stack the authors' code builds: BERT's encoder over the concatenated embeddings, with the same
+frame embedders and heads around it. It is timed only (its parameter names are transformers').
+
 Parameter names follow the JAX model's paths, so `jax_to_torch_state` copies a JAX
 state into it; `--check` verifies on the tiny config that both compute the same
 losses and gradients without dropout:
@@ -124,16 +128,33 @@ class ClassificationHead(nn.Module):
     return self.out(self.transform(h))
 
 
+ENCODERS = ('project', 'transformers')
+
+
+def _bert_encoder(cfg: ConfigDict) -> nn.Module:
+  from transformers import BertConfig  # Deferred: only the UNITER-style reference needs transformers.
+  from transformers.models.bert.modeling_bert import BertEncoder
+  return BertEncoder(BertConfig(
+      vocab_size=cfg.vocab_size, hidden_size=cfg.hidden_size, num_hidden_layers=cfg.num_layers,
+      num_attention_heads=cfg.num_heads, intermediate_size=cfg.intermediate_size, hidden_act='gelu',
+      hidden_dropout_prob=cfg.dropout_rate, attention_probs_dropout_prob=cfg.attention_dropout_rate,
+      layer_norm_eps=cfg.layer_norm_eps, attn_implementation='sdpa'))
+
+
 class TorchMEmoBERT(nn.Module):
   """The JAX MEmoBERT (memobert_jax/model/memobert.py) in PyTorch, pretraining heads only."""
 
-  def __init__(self, cfg: ConfigDict):
+  def __init__(self, cfg: ConfigDict, encoder: str = 'project'):
     super().__init__()
+    if encoder not in ENCODERS:
+      raise ValueError(f'unknown torch encoder {encoder!r}; known: {ENCODERS}')
     self.text_embeddings = TextEmbeddings(cfg)
     self.visual_embeddings = FrameEmbeddings(cfg, cfg.visual_dim, cfg.max_visual_positions)
     self.acoustic_embeddings = FrameEmbeddings(cfg, cfg.acoustic_dim, cfg.max_acoustic_positions)
     self.acoustic_type = nn.Parameter(torch.zeros(cfg.hidden_size))
-    self.layers = nn.ModuleList(TransformerLayer(cfg) for _ in range(cfg.num_layers))
+    self.bert_encoder = encoder == 'transformers'
+    self.layers = (_bert_encoder(cfg) if self.bert_encoder
+                   else nn.ModuleList(TransformerLayer(cfg) for _ in range(cfg.num_layers)))
     self.mlm_head = BiasHead(cfg, cfg.vocab_size)
     self.visual_regression_head = BiasHead(cfg, cfg.visual_dim)
     self.visual_classification_head = ClassificationHead(cfg, cfg.num_visual_classes)
@@ -149,6 +170,10 @@ class TorchMEmoBERT(nn.Module):
         self.acoustic_embeddings(batch['acoustic'], batch['acoustic_masked'], self.acoustic_type),
     ], dim=1)
     valid = torch.cat([batch['text_mask'], batch['visual_mask'], batch['acoustic_mask']], dim=1)
+    if self.bert_encoder:
+      # transformers' additive mask: 0 where attended, the dtype's minimum on padding.
+      additive = torch.zeros(valid.shape, dtype=x.dtype).masked_fill(~valid, torch.finfo(x.dtype).min)
+      return self.layers(x, attention_mask=additive[:, None, None, :]).last_hidden_state
     for layer in self.layers:
       x = layer(x, valid)
     return x
@@ -184,15 +209,15 @@ class TorchMEmoBERT(nn.Module):
 def _decays(name: str) -> bool:
   # As optimizer.py: no decay on biases and LayerNorm parameters (every LayerNorm here is a '*norm' module).
   module, _, leaf = name.rpartition('.')
-  return not (leaf == 'bias' or module.endswith('norm'))
+  return not (leaf == 'bias' or module.lower().endswith('norm'))  # transformers names its LayerNorms 'LayerNorm'
 
 
 class TorchTrainer:
   """One optimizer step per call: forward, backward, global-norm clip, AdamW, linear schedule."""
 
-  def __init__(self, model_cfg: ConfigDict, optim_cfg: ConfigDict, seed: int = 0):
+  def __init__(self, model_cfg: ConfigDict, optim_cfg: ConfigDict, seed: int = 0, encoder: str = 'project'):
     torch.manual_seed(seed)
-    self.model = TorchMEmoBERT(model_cfg)
+    self.model = TorchMEmoBERT(model_cfg, encoder)
     self.model.train()
     named = list(self.model.named_parameters())
     groups = [{'params': [p for n, p in named if _decays(n)], 'weight_decay': optim_cfg.weight_decay},

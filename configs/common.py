@@ -27,11 +27,13 @@ MODEL_SIZES = {
 #                        (python -m memobert_jax.aot_compile); '' for GPU/CPU presets
 #   chip_config          'megacore' where one JAX device is a chip of two TensorCores (v4, v5p)
 #   chips_per_host       chips per host VM where libtpu's default (2, 2, 1) is wrong (8-chip single-host slices)
+#   reuse_host_memory    keep freed host memory for the next step (glibc; setup.reuse_freed_host_memory): on
+#                        CPU the step's activations live there, and faulting them in afresh took ~30% of a base step
 # The 110M-parameter base model is data-parallel everywhere: its parameters and Adam moments (1.3 GB) fit
 # every chip, so sharding them (fsdp) or the layers (tensor) would only add communication (docs/SCALING.md).
 # Activations at these per-device batches take a few GB, so no preset recomputes them (remat='none').
 MESHES = {
-    'cpu': dict(shape=(-1, 1, 1), per_device_batch=16, dtype='float32', remat='none'),
+    'cpu': dict(shape=(-1, 1, 1), per_device_batch=16, dtype='float32', remat='none', reuse_host_memory=True),
     # One GPU: the paper's 160 x 4 accumulation.
     'gpu': dict(shape=(1, 1, 1), per_device_batch=160, dtype='bfloat16', remat='none'),
     # Every GPU of the host (8: one micro-batch of 640 per step; 4 or 2: accumulation).
@@ -54,7 +56,8 @@ MESHES = {
                     batch_size=2560, finetune_batch_size=256),
 }
 # What a preset leaves out.
-MESH_DEFAULTS = dict(batch_size=640, finetune_batch_size=32, topology='', chip_config='', chips_per_host=())
+MESH_DEFAULTS = dict(batch_size=640, finetune_batch_size=32, topology='', chip_config='', chips_per_host=(),
+                     reuse_host_memory=False)
 
 MESH_AXES = ('data', 'fsdp', 'tensor')
 

@@ -125,6 +125,32 @@ def test_the_jobs_write_event_files_without_importing_tensorflow(tmp_path):
   assert metrics.read_scalars(str(tmp_path)) == {'loss': {3: 1.5}}
 
 
+@pytest.mark.parametrize('reuse', [True, False])
+def test_the_cpu_preset_reuses_freed_host_memory_instead_of_faulting_it_in_again(reuse):
+  """What saves the CPU step its per-step page faults (docs/PERFORMANCE.md): a freed 256 MB block comes back
+  without faulting its pages in again; glibc's default unmaps it and faults every page again."""
+  script = ('import resource\n'
+            'import numpy as np\n'
+            'from memobert_jax.training import setup\n'
+            f'assert setup.reuse_freed_host_memory() if {reuse} else True\n'
+            'faults = []\n'
+            'for _ in range(3):\n'
+            '  before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt\n'
+            '  block = np.ones(64 * 2**20, np.float32)\n'
+            '  del block\n'
+            '  faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)\n'
+            'print(faults)\n')
+  result = subprocess.run([sys.executable, '-c', script], env=process_helpers.one_device_env(), check=True,
+                          cwd=ROOT, capture_output=True, text=True)
+  first, *again = json.loads(result.stdout.strip().splitlines()[-1])
+  if reuse:
+    assert max(again) <= first // 10, (first, again)
+  else:
+    assert min(again) >= first // 2, (first, again)
+  assert pretrain.get_config('tiny,mesh=cpu').mesh.reuse_host_memory
+  assert not pretrain.get_config('base,mesh=gpu').mesh.reuse_host_memory
+
+
 def resume_copy(reference_dir: str, workdir: str, keep_up_to: int) -> None:
   """A copy of the reference workdir as it was after `keep_up_to` steps (later checkpoints and logs removed),
   without its run record: the tests resume it without the reference's validation settings."""

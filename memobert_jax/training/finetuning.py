@@ -28,7 +28,7 @@ SPLITS_FILE = 'splits.json'  # the utterance ids of each split, so a baseline ca
 def finetune(config: ConfigDict, workdir: str, *, allow_config_change: bool = False) -> dict:
   """Runs one finetuning experiment (one fold, seed and fraction); returns its results. A workdir of another
   job, or of this one with other settings, is refused unless `allow_config_change`."""
-  setup.maybe_initialize_distributed()
+  setup.prepare_process(config)
   workdir_lib.claim(workdir, 'finetune', config, allow_changes=allow_config_change)
   tokenizer = setup.load_tokenizer(config)
   settings = config.finetune

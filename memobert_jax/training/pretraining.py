@@ -24,7 +24,7 @@ def pretrain(config: ConfigDict, workdir: str, *, allow_config_change: bool = Fa
   refused unless `allow_config_change` (the model itself can never change)."""
   goodput = metrics_lib.Goodput()
   with goodput.losing('setup'):
-    setup.maybe_initialize_distributed()
+    setup.prepare_process(config)
     workdir_lib.claim(workdir, 'pretrain', config, allow_changes=allow_config_change)
     tokenizer = setup.load_tokenizer(config)
     config = setup.resolve(config, tokenizer)
