@@ -43,12 +43,18 @@ def _masked_lm(model: MEmoBERT, batch: dict, deterministic: bool, dropout_key: j
   return (losses * weights).sum(), weights.sum(), {'accuracy': (correct * weights).sum()}
 
 
+def _label_word_logits(model: MEmoBERT, encoded, batch: dict, label_word_ids: jax.Array) -> jax.Array:
+  """The label words' logits [B, K] at each example's [MASK] (the first MLM position); ids [K] or [B, K]."""
+  logits = model.mlm_logits(encoded.text, batch['mlm_positions'])[:, 0]  # [B, V]
+  ids = jnp.broadcast_to(label_word_ids, logits.shape[:1] + label_word_ids.shape[-1:])
+  return jnp.take_along_axis(logits, ids, axis=-1)
+
+
 def _label_word_prompt(model: MEmoBERT, batch: dict, deterministic: bool,
                        dropout_key: jax.Array | None) -> TaskOutput:
   """Cross-entropy at [MASK] over the label words' logits only (the prediction's own scores)."""
   encoded = _encode(model, batch, deterministic, dropout_key)
-  logits = model.mlm_logits(encoded.text, batch['mlm_positions'])[:, 0]  # [B, V]
-  candidates = jnp.take_along_axis(logits, batch['label_word_ids'], axis=-1)  # [B, K]
+  candidates = _label_word_logits(model, encoded, batch, batch['label_word_ids'])
   gold = jnp.argmax(batch['label_word_ids'] == batch['mlm_targets'], axis=-1)
   weights = batch['mlm_weights'][:, 0].astype(jnp.float32)
   losses = optax.softmax_cross_entropy_with_integer_labels(candidates, gold)
@@ -117,5 +123,4 @@ def class_scores(model: MEmoBERT, batch: dict, label_word_ids: jax.Array | None)
   encoded = model(batch)
   if label_word_ids is None:
     return model.cls_logits(encoded)
-  logits = model.mlm_logits(encoded.text, batch['mlm_positions'])[:, 0]  # [B, V]
-  return jnp.take(logits, label_word_ids, axis=-1)
+  return _label_word_logits(model, encoded, batch, label_word_ids)
