@@ -47,6 +47,7 @@ import numpy as np
 from data_prep import acoustic_features, write_shards
 from data_prep.corpora import common
 from memobert_jax import evaluation, hf_import, init_checkpoint, sweep
+from memobert_jax.data import folds as folds_lib
 from memobert_jax.training import finetuning, setup
 
 LABELS = common.EMOTIONS  # anger, happy, neutral, sad
@@ -89,25 +90,26 @@ def meld_records(corpus: str) -> tuple[list[dict], list[dict]]:
   return labelled, unlabelled
 
 
-def ravdess_records(corpus: str) -> list[dict]:
-  """RAVDESS speech wavs (Actor_XX/03-01-EE-II-SS-RR-AA.wav) -> records of the 4 classes, 2 actors a session."""
-  records = []
+def ravdess_records(corpus: str) -> tuple[list[dict], list[dict]]:
+  """RAVDESS speech wavs (Actor_XX/03-01-EE-II-SS-RR-AA.wav), 2 actors a session -> (records of the 4 classes,
+  every clip of all 8 emotions unlabelled: the multimodal stage's data)."""
+  labelled, unlabelled = [], []
   for root, _, files in sorted(os.walk(corpus)):
     for name in sorted(files):
       match = RAVDESS_NAME.match(name)
       if not match:
         continue
       emotion, _, statement, _, actor = match.groups()
-      if emotion not in RAVDESS_LABELS:
-        continue
       number = int(actor)
-      speaker = f'A{number:02d}{"M" if number % 2 else "F"}'  # odd actors are male
-      records.append(common.record(name[:-4], RAVDESS_STATEMENTS[statement], label=RAVDESS_LABELS[emotion],
-                                   speaker=speaker, session=f'S{(number + 1) // 2:02d}',
-                                   wav=os.path.abspath(os.path.join(root, name))))
-  if not records:
+      clip = dict(uid=name[:-4], text=RAVDESS_STATEMENTS[statement],
+                  speaker=f'A{number:02d}{"M" if number % 2 else "F"}',  # odd actors are male
+                  session=f'S{(number + 1) // 2:02d}', wav=os.path.abspath(os.path.join(root, name)))
+      unlabelled.append(common.record(**clip))
+      if emotion in RAVDESS_LABELS:
+        labelled.append(common.record(**clip, label=RAVDESS_LABELS[emotion]))
+  if not labelled:
     raise FileNotFoundError(f'{corpus}: no RAVDESS speech wavs (03-01-EE-II-SS-RR-AA.wav) found')
-  return records
+  return labelled, unlabelled
 
 
 def write_dataset(records: list[dict], folder: str, labels: Sequence[str] | None, **options) -> str:
@@ -323,20 +325,40 @@ def speech_benchmark(args) -> None:
   workdir = os.path.abspath(args.workdir)
   # 120 ms frames (6 x 20 ms pooled), 32 of them: RAVDESS clips are 3-5 s, and the CPU pays per frame.
   extractor = acoustic_features.AcousticFeatureConfig(pool=6, max_frames=32)
-  data = write_dataset(ravdess_records(args.corpus), os.path.join(workdir, 'data', 'labelled'), LABELS,
-                       acoustic_config=extractor, workers=2)
+  labelled, clips = ravdess_records(args.corpus)
+  data = write_dataset(labelled, os.path.join(workdir, 'data', 'labelled'), LABELS, acoustic_config=extractor,
+                       workers=2)
   init = args.init or converted_init(args.hf_dir, workdir)
   vocab = os.path.join(args.hf_dir, 'vocab.txt')
   folds = [int(f) for f in args.folds.split(',')]
+  shared = {**model_overrides(vocab, acoustic_features.feature_dim(extractor)), 'init.checkpoint': init,
+            'data.text_buckets': (32,), 'data.max_acoustic_frames': extractor.max_frames,
+            'data.acoustic_buckets': (extractor.max_frames,)}
+  if args.acoustic_lr_multiplier != 1:
+    shared['optim.lr_multipliers'] = (('acoustic_.*', args.acoustic_lr_multiplier),)
+  pretrain, inits = None, ('none',)
+  if args.pretrain_steps:
+    # The paper's stage 2 on unlabelled clips: every clip of all 8 emotions, but none of the sessions the
+    # reported folds validate and test on (so a second --folds set gets its own stage).
+    held_out = sorted({fold.held_out_session for fold in folds_lib.make_folds('sessions', labelled)
+                       if fold.index in folds})
+    name = 'multimodal_without_' + '+'.join(held_out)
+    unlabelled = write_dataset([c for c in clips if c['session'] not in held_out],
+                               os.path.join(workdir, 'data', name), None, acoustic_config=extractor, workers=2)
+    pretrain = dict(
+        config=f'configs/pretrain.py:mini,mesh=cpu,stage=multimodal,steps={args.pretrain_steps}',
+        overrides={**shared, 'data.train': unlabelled, 'data.modalities': 'LA', 'batch_size': 32,
+                   'per_device_batch': 32, 'tasks.weights.visual_regression': 0.0, 'tasks.weights.visual_kl': 0.0,
+                   'optim.learning_rate': 1e-4, 'checkpoint.every_steps': 100},
+        variants={name: {}})
+    inits = ('none', 'pretrain')
   experiments = finetune_sweep(
       f'configs/finetune.py:prompt,model=mini,mesh=cpu,protocol=sessions,steps={args.steps},lr={args.lr}',
-      {**model_overrides(vocab, acoustic_features.feature_dim(extractor)), 'data.train': data,
-       'init.checkpoint': init, **finetune_overrides(args), 'data.text_buckets': (32,),
-       'data.max_acoustic_frames': extractor.max_frames, 'data.acoustic_buckets': (extractor.max_frames,)},
+      {**shared, 'data.train': data, **finetune_overrides(args)},
       {'fold': folds, 'seed': list(range(args.seeds))},
       [{'train': subset, 'eval': subset, 'finetune.prompt_loss': loss}
        for loss in args.prompt_losses.split(',') for subset in args.inputs.split(',')],
-      ('train', 'finetune.prompt_loss'))
+      ('pretrain', 'train', 'finetune.prompt_loss'), pretrain=pretrain, init=inits)
   rows = [{**row, 'mode': PROMPT_LOSS_ROWS[row['finetune.prompt_loss']]}
           for row in run_rows(experiments, os.path.join(workdir, 'runs'))]
   floor = []
@@ -344,21 +366,27 @@ def speech_benchmark(args) -> None:
     run = next(r for r in rows if r['fold'] == str(fold))
     metrics = mfcc_floor(data + '.jsonl', os.path.join(run['workdir'], finetuning.SPLITS_FILE))
     # Deterministic: the same for every seed, so its spread over seeds is zero.
-    floor += [{'train': 'pooled MFCC + logistic regression', 'mode': '', 'fold': str(fold), 'seed': str(seed),
-               **metrics} for seed in range(args.seeds)]
-  key = ('train', 'mode')
+    floor += [{'pretrain': '', 'train': 'pooled MFCC + logistic regression', 'mode': '', 'fold': str(fold),
+               'seed': str(seed), **metrics} for seed in range(args.seeds)]
+  key = ('pretrain', 'train', 'mode')
   print(f'\nRAVDESS speech, 4 classes, leave-one-session-out folds {folds}, {args.seeds} seeds: test UA / WA / '
-        f'macro-F1 (%) per fold, mean ± std over seeds:\n')
+        f'macro-F1 (%) per fold, mean ± std over seeds ("none" = the init as it is):\n')
   print_table(summary([*rows, *floor], (*key, 'fold')), (*key, 'fold'))
   table = summary(fold_averages([*rows, *floor], key, len(folds)), key)
   print(f'\nAveraged over the {len(folds)} folds (as cross-validation reports), mean ± std over the seeds:\n')
   print_table(table, key)
   get = lambda *k: table.get(k)  # noqa: E731
+  floor_row = get('', 'pooled MFCC + logistic regression', '')
   claims = []
   for mode in dict.fromkeys(row['mode'] for row in rows):
-    claims += [(f'text + audio beats text alone ({mode})', get('LA', mode), get('L', mode), False),
-               (f'text + audio beats the pooled-MFCC floor ({mode})', get('LA', mode),
-                get('pooled MFCC + logistic regression', ''), False)]
+    for source in dict.fromkeys(row['pretrain'] for row in rows):
+      claims += [(f'text + audio beats text alone ({source}, {mode})', get(source, 'LA', mode),
+                  get(source, 'L', mode), False),
+                 (f'text + audio beats the pooled-MFCC floor ({source}, {mode})', get(source, 'LA', mode),
+                  floor_row, False)]
+    if pretrain:
+      claims.append((f'the multimodal stage helps text + audio ({mode})', get(name, 'LA', mode),
+                     get('none', 'LA', mode), False))
   print(evaluation.claims_table(claims))
 
 
@@ -387,8 +415,14 @@ def main(argv: Sequence[str] | None = None) -> None:
   parser.add_argument('--fractions', default='0.1,1.0', help='text: shares of the training labels')
   parser.add_argument('--lr', type=float, default=5e-5, help='peak finetuning learning rate')
   parser.add_argument('--text_stage_steps', type=int, default=200)
+  parser.add_argument('--pretrain_steps', type=int, default=0,
+                      help='speech: steps of a multimodal stage on the unlabelled clips outside the folds\' '
+                      'held-out sessions, finetuned from next to the init as it is (0: none)')
   parser.add_argument('--prompt_losses', default='vocabulary,label_words',
                       help="the prompt runs' finetune.prompt_loss values (configs/finetune.py), each a row")
+  parser.add_argument('--acoustic_lr_multiplier', type=float, default=1.0,
+                      help='speech: the acoustic embedder and type embedding train at this multiple of --lr (and '
+                      'of the multimodal stage\'s): the init has none of them (optim.lr_multipliers)')
   parser.add_argument('--folds', default='1', help='speech: comma-separated leave-one-session-out folds (1..24)')
   parser.add_argument('--inputs', default='LA,L', help='speech: the modality subsets trained and tested (text alone '
                       'is at chance on RAVDESS by design; leave it out to tune on unreported folds)')

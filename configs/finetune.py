@@ -65,6 +65,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.optim = ml_collections.ConfigDict(dict(
       learning_rate=arg.lr, warmup_steps=min(100, arg.steps // 10), total_steps=arg.steps,
       b1=0.9, b2=0.98, eps=1e-6, weight_decay=0.01, clip_norm=5.0,
+      # (regex, multiplier) pairs: a parameter whose path ('acoustic_embeddings/projection/kernel') a regex matches
+      # in full trains at that multiple of the learning rate (the first match counts; none matching: 1).
+      lr_multipliers=(),
   ))
   # An init checkpoint: a pretraining run's WORKDIR/export, or a converted BERT ('' starts from scratch).
   config.init = ml_collections.ConfigDict(dict(checkpoint=''))

@@ -58,6 +58,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.optim = ml_collections.ConfigDict(dict(
       learning_rate=5e-5, warmup_steps=min(4000, arg.steps // 10), total_steps=arg.steps,
       b1=0.9, b2=0.98, eps=1e-6, weight_decay=0.01, clip_norm=5.0,
+      # (regex, multiplier) pairs: a parameter whose path ('acoustic_embeddings/projection/kernel') a regex matches
+      # in full trains at that multiple of the learning rate (the first match counts; none matching: 1).
+      lr_multipliers=(),
   ))
   # Initialisation: a folder written by `python -m memobert_jax.convert_bert` ('' trains from scratch).
   config.init = ml_collections.ConfigDict(dict(checkpoint=''))

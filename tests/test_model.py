@@ -33,7 +33,7 @@ FRAME_MODALITIES = ('visual', 'acoustic')
 
 def optim_config(**overrides) -> ConfigDict:
   return ConfigDict(dict(learning_rate=1e-3, warmup_steps=0, total_steps=1000, b1=0.9, b2=0.98, eps=1e-6,
-                         weight_decay=0.01, clip_norm=5.0) | overrides)
+                         weight_decay=0.01, clip_norm=5.0, lr_multipliers=()) | overrides)
 
 
 @pytest.fixture(scope='module', autouse=True)
@@ -428,6 +428,28 @@ def test_decay_mask_covers_kernels_and_embeddings_but_no_bias_or_norm_scale(cfg)
   for name, variable in flat(one_step(ones)).items():
     expected = 1 - 0.1 * 0.5 if mask[name] else 1.0
     np.testing.assert_allclose(np.asarray(variable.get_value()), expected, rtol=1e-6, err_msg=name)
+
+
+def test_lr_multipliers_scale_the_matching_parameters_updates_and_reject_a_pattern_matching_none(cfg):
+  _, abstract = train_state.abstract_model(cfg)
+  params = jax.tree.map(lambda leaf: np.ones(leaf.shape, np.float32), abstract)
+  grads = jax.tree.map(lambda leaf: np.full(leaf.shape, 0.5, np.float32), abstract)
+
+  def one_step(multipliers):
+    optimizer = optimizer_lib.make_optimizer(optim_config(learning_rate=0.01, weight_decay=0.0, clip_norm=1e9,
+                                                          lr_multipliers=multipliers))
+    updates, _ = optimizer.update(grads, optimizer.init(params), params)
+    return {name: np.asarray(v.get_value()) for name, v in flat(updates).items()}
+
+  plain = one_step(())
+  scaled = one_step((('acoustic_embeddings/.*', 10.0), ('acoustic_.*', 3.0)))
+  for name, update in scaled.items():
+    expected = 10.0 if name.startswith('acoustic_embeddings/') else 3.0 if name.startswith('acoustic_') else 1.0
+    np.testing.assert_allclose(update, expected * plain[name], rtol=1e-6, err_msg=name)
+  assert any(name.startswith('acoustic_type') for name in scaled) and any(
+      name.startswith('acoustic_embeddings/') for name in scaled)
+  with pytest.raises(ValueError, match="'acustic_.*' matches no parameter"):
+    one_step((('acustic_.*', 10.0),))
 
 
 # 9. Config errors.

@@ -1,4 +1,8 @@
-"""AdamW with linear warm-up and decay, global-norm clipping, no decay on biases and LayerNorm."""
+"""AdamW with linear warm-up and decay, global-norm clipping, no decay on biases and LayerNorm, and optional
+per-parameter learning-rate multipliers."""
+
+import re
+from collections.abc import Sequence
 
 import jax
 import optax
@@ -26,9 +30,40 @@ def decay_mask(params):
   return jax.tree_util.tree_map_with_path(lambda path, _: _parameter_name(path) not in _NO_DECAY, params)
 
 
+def parameter_path(path) -> str:
+  """'acoustic_embeddings/projection/kernel': the names of a key path, as checkpoints and patterns write them."""
+  return '/'.join(str(k.key) for k in path if isinstance(k, jax.tree_util.DictKey))
+
+
+def scale_by_multipliers(multipliers: Sequence[tuple[str, float]]) -> optax.GradientTransformation:
+  """Multiplies a parameter's update by the multiplier of the first (regex, multiplier) pair whose regex matches
+  its whole path, 1 where none does. After AdamW this scales the learning rate and the decoupled decay together:
+  e.g. embedders a checkpoint does not provide can learn faster than the pretrained body."""
+  patterns = [(re.compile(regex), float(multiplier)) for regex, multiplier in multipliers]
+
+  def multiplier(path) -> float:
+    name = parameter_path(path)
+    return next((m for regex, m in patterns if regex.fullmatch(name)), 1.0)
+
+  def init(params):
+    names = [parameter_path(path) for path, _ in jax.tree_util.tree_leaves_with_path(params)]
+    for regex, _ in patterns:
+      if not any(regex.fullmatch(name) for name in names):
+        raise ValueError(f'optim.lr_multipliers: {regex.pattern!r} matches no parameter of the model '
+                         f'(e.g. {names[:3]})')
+    return optax.EmptyState()
+
+  def update(updates, state, params=None):
+    del params
+    return jax.tree_util.tree_map_with_path(lambda path, u: u * multiplier(path), updates), state
+
+  return optax.GradientTransformation(init, update)
+
+
 def make_optimizer(cfg: ConfigDict) -> optax.GradientTransformation:
   return optax.chain(
       optax.clip_by_global_norm(cfg.clip_norm),
       optax.adamw(learning_rate_schedule(cfg), b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay,
                   mask=decay_mask),
+      *([scale_by_multipliers(cfg.lr_multipliers)] if cfg.lr_multipliers else []),
   )
