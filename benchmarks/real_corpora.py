@@ -24,9 +24,12 @@ sadness -> sad, anger; the other three emotions are left out):
 speech (RAVDESS speech: 24 actors; neutral + calm -> neutral, happy, sad, angry -> anger; the
 text is the clip's statement, which says nothing of the emotion):
   1. the manifest with librosa frames (data_prep.acoustic_features: log-mel, pitch, energy in 120 ms frames);
-  2. prompt finetuning (each of --prompt_losses) on text alone (L) and on text + audio (LA),
-     leave-one-session-out folds (two actors a session, --folds of them), --seeds seeds;
-  3. the floor: logistic regression on each clip's pooled MFCCs (mean and std over time), on the
+  2. with --pretrain_steps, the paper's stage 2: the multimodal pretraining tasks on every clip (all 8
+     emotions, no labels) outside the sessions that the --folds validate and test on;
+  3. prompt finetuning (each of --prompt_losses) on text alone (L) and on text + audio (LA), from the
+     init as it is and from the stage's export, leave-one-session-out folds (two actors a session,
+     --folds of them), --seeds seeds;
+  4. the floor: logistic regression on each clip's pooled MFCCs (mean and std over time), on the
      same folds' training clips.
 Each prints its table (test UA, mean ± std over the runs; speech: per fold, then each seed's
 average over the folds, mean ± std over the seeds) and the claims with a verdict: a difference
@@ -58,6 +61,8 @@ MELD_SPLITS = {'train': 'train', 'dev': 'valid', 'test': 'test'}
 PROMPT_LOSS_ROWS = {'vocabulary': 'prompt', 'label_words': 'prompt (label-word loss)'}
 RAVDESS_LABELS = {'01': 'neutral', '02': 'neutral', '03': 'happy', '04': 'sad', '05': 'anger'}
 RAVDESS_STATEMENTS = {'01': 'Kids are talking by the door.', '02': 'Dogs are sitting by the door.'}
+# The multimodal stage's task weights on RAVDESS: the paper's, less the visual tasks (no faces).
+DEFAULT_PRETRAIN_WEIGHTS = 'mlm=2,acoustic_regression=1'
 RAVDESS_NAME = re.compile(r'^03-01-(\d\d)-(\d\d)-(\d\d)-(\d\d)-(\d\d)\.wav$')
 
 
@@ -342,13 +347,19 @@ def speech_benchmark(args) -> None:
     # reported folds validate and test on (so a second --folds set gets its own stage).
     held_out = sorted({fold.held_out_session for fold in folds_lib.make_folds('sessions', labelled)
                        if fold.index in folds})
-    name = 'multimodal_without_' + '+'.join(held_out)
+    without = '_without_' + '+'.join(held_out)
     unlabelled = write_dataset([c for c in clips if c['session'] not in held_out],
-                               os.path.join(workdir, 'data', name), None, acoustic_config=extractor, workers=2)
+                               os.path.join(workdir, 'data', 'clips' + without), None, acoustic_config=extractor,
+                               workers=2)
+    # The variant's name says what differs, so that another stage in the same workdir gets its own run.
+    name = 'multimodal' + ('' if args.pretrain_weights == DEFAULT_PRETRAIN_WEIGHTS else
+                           f'({args.pretrain_weights})') + without
     pretrain = dict(
         config=f'configs/pretrain.py:mini,mesh=cpu,stage=multimodal,steps={args.pretrain_steps}',
         overrides={**shared, 'data.train': unlabelled, 'data.modalities': 'LA', 'batch_size': 32,
                    'per_device_batch': 32, 'tasks.weights.visual_regression': 0.0, 'tasks.weights.visual_kl': 0.0,
+                   **{f'tasks.weights.{task}': float(weight) for task, weight in
+                      (item.split('=') for item in args.pretrain_weights.split(','))},
                    'optim.learning_rate': 1e-4, 'checkpoint.every_steps': 100},
         variants={name: {}})
     inits = ('none', 'pretrain')
@@ -417,7 +428,10 @@ def main(argv: Sequence[str] | None = None) -> None:
   parser.add_argument('--text_stage_steps', type=int, default=200)
   parser.add_argument('--pretrain_steps', type=int, default=0,
                       help='speech: steps of a multimodal stage on the unlabelled clips outside the folds\' '
-                      'held-out sessions, finetuned from next to the init as it is (0: none)')
+                      'held-out sessions (0: none); the init as it is and the stage\'s export are both finetuned')
+  parser.add_argument('--pretrain_weights', default=DEFAULT_PRETRAIN_WEIGHTS,
+                      help='speech: the multimodal stage\'s task weights (configs/pretrain.py tasks.weights; the '
+                      'paper\'s by default: RAVDESS has two sentences, so mlm=0 trains on the frames alone)')
   parser.add_argument('--prompt_losses', default='vocabulary,label_words',
                       help="the prompt runs' finetune.prompt_loss values (configs/finetune.py), each a row")
   parser.add_argument('--acoustic_lr_multiplier', type=float, default=1.0,
