@@ -145,6 +145,7 @@ class Variant:
   config: dict = dataclasses.field(default_factory=dict)  # make_config arguments of B
   transform: Callable[[dict], dict] | None = None  # B's batch from A's
   patch: Callable[[dict], contextlib.AbstractContextManager] | None = None  # active while B is traced
+  xla_options: dict | None = None  # B's mesh.xla_options (its step's compile options)
 
 
 def _target_cap(batch: dict, task: str) -> int:
@@ -166,6 +167,8 @@ VARIANTS = {
                          patch=lambda batch: _erfc_gelu()),
     'separate_qkv': Variant('three Q/K/V matmuls on slices of the fused kernel (B) vs one fused matmul (A)',
                             patch=lambda batch: _separate_qkv()),
+    'eigen_dots': Variant("XLA:CPU's own (Eigen) matmuls (B) vs YNNPACK matmul fusions (A)",
+                          xla_options={'xla_cpu_experimental_ynn_fusion_type': ''}),
     'no_dropout': Variant('no dropout at all (B) vs dropout 0.1 (A): what dropout costs',
                           config=dict(dropout_rate=0.0, attention_dropout_rate=0.0)),
     'bf16': Variant('bfloat16 compute (B) vs float32 (A)', config=dict(dtype='bfloat16')),
@@ -184,6 +187,8 @@ def run_variant(name: str, model: str, batch_size: int, pairs: int) -> dict:
   b_args = dict(variant.config)
   shape_args = {k: b_args.pop(k) for k in ('text_len', 'visual_len', 'acoustic_len', 'dtype') if k in b_args}
   config_b = bench_step.make_config(model, batch=batch_size, **shape_args, **b_args)
+  if variant.xla_options is not None:
+    config_b.mesh.xla_options = variant.xla_options
   batch_a = bench_step.host_batch(config_a, variant.task, np.random.default_rng(0))
   batch_b = bench_step.host_batch(config_b, variant.task, np.random.default_rng(0))
   if variant.transform:

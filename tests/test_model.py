@@ -281,6 +281,27 @@ def _all_gather_bytes(graphdef, state, mesh, batch) -> float:
   return aot.collective_bytes(compiled.as_text(), loop_trips=1).get('all-gather', 0.0)
 
 
+def test_the_steps_compile_with_the_mesh_presets_xla_options(cfg, sharded, mesh):
+  """mesh.xla_options reach the train step's compile (and only its): XLA:CPU's YNNPACK matmul fusions go when
+  they are turned off there, and an option XLA does not know stops the compile with its name."""
+  graphdef, state = sharded
+  batch = jax.tree.map(lambda x: x[None], make_batch(cfg))  # one micro-batch
+  shardings = jax.tree.map(lambda a: a.sharding, state)
+
+  def compiled_text(xla_options):
+    train_step = make_train_step(graphdef, optimizer_lib.make_optimizer(optim_config()), seed=0,
+                                 learning_rate=optimizer_lib.learning_rate_schedule(optim_config()),
+                                 state_shardings=shardings, mesh=mesh, rules=LOGICAL_AXIS_RULES,
+                                 xla_options=xla_options)
+    with jax.set_mesh(mesh):
+      return train_step.lower(state, batch, 'mlm').compile().as_text()
+
+  assert 'ynn_fusion' in compiled_text({})
+  assert 'ynn_fusion' not in compiled_text({'xla_cpu_experimental_ynn_fusion_type': ''})
+  with pytest.raises(Exception, match='xla_cpu_no_such_option'):
+    compiled_text({'xla_cpu_no_such_option': 'true'})
+
+
 def test_fsdp_gathers_the_kernels_not_the_activations(cfg, sharded, mesh, monkeypatch):
   """On (data=4, fsdp=2) the hidden states stay whole on their hidden axis (memobert_jax/sharding.py pins them), so
   the step all-gathers the fsdp-sharded parameters (forward and backward) and no activations. Without the pins

@@ -155,7 +155,8 @@ def make_trainer(config: ConfigDict, devices=None) -> Trainer:
   train_step = step_lib.make_train_step(graphdef, optimizer, seed=config.seed,
                                         learning_rate=optimizer_lib.learning_rate_schedule(config.optim),
                                         state_shardings=jax.tree.map(lambda a: a.sharding, abstract_state),
-                                        mesh=mesh, rules=config.logical_axis_rules)
+                                        mesh=mesh, rules=config.logical_axis_rules,
+                                        xla_options=config.mesh.xla_options)
   return Trainer(config, mesh, micro_batches, micro_batch_size, optimizer, graphdef, abstract_state, train_step)
 
 
