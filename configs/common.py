@@ -29,7 +29,8 @@ MODEL_SIZES = {
 #   chips_per_host       chips per host VM where libtpu's default (2, 2, 1) is wrong (8-chip single-host slices)
 #   reuse_host_memory    keep freed host memory for the next step (glibc; setup.reuse_freed_host_memory): on
 #                        CPU the step's activations live there, and faulting them in afresh took ~30% of a base step
-#   xla_options          XLA debug options for the train and eval steps' compiles only ({} = XLA's defaults)
+#   xla_options          XLA debug options for the jitted train, validation and scoring steps only ({}: XLA's
+#                        defaults), e.g. {'xla_gpu_enable_latency_hiding_scheduler': 'true'}
 # The 110M-parameter base model is data-parallel everywhere: its parameters and Adam moments (1.3 GB) fit
 # every chip, so sharding them (fsdp) or the layers (tensor) would only add communication (docs/SCALING.md).
 # Activations at these per-device batches take a few GB, so no preset recomputes them (remat='none').

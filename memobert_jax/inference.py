@@ -24,7 +24,7 @@ EVAL_BATCH = 32
 
 
 def make_scorer(graphdef: nnx.GraphDef, scored_ids: np.ndarray | None, *, mesh=None, rules: sharding.Rules = (),
-                param_shardings=None) -> Scorer:
+                param_shardings=None, compiler_options: dict[str, str] | None = None) -> Scorer:
   """Jitted per-class scores [b, K] of a [1, b, ...] batch: the label words' logits at [MASK], or the [CLS]
   head's when `scored_ids` is None. With a mesh, laid out as training lays out its batches."""
 
@@ -37,7 +37,7 @@ def make_scorer(graphdef: nnx.GraphDef, scored_ids: np.ndarray | None, *, mesh=N
   if mesh is None:
     return jax.jit(scores)
   return jax.jit(scores, in_shardings=(param_shardings, sharding.batch_sharding(mesh, rules)),
-                 out_shardings=sharding.replicated(mesh))
+                 out_shardings=sharding.replicated(mesh), compiler_options=compiler_options)
 
 
 def predict_classes(scorer: Scorer, params: nnx.State, batches: Sequence[dict], count: int,

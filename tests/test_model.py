@@ -17,10 +17,11 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 from ml_collections import ConfigDict
 
+from configs import pretrain
 from configs.common import LOGICAL_AXIS_RULES, MESH_AXES
 from memobert_jax.training import optimizer as optimizer_lib
 from memobert_jax import sharding
-from memobert_jax.training import aot, train_state
+from memobert_jax.training import aot, setup, train_state
 from memobert_jax.training.step import make_train_step
 from memobert_jax.training.tasks import PRETRAINING_TASKS, TASKS
 from tests import model_helpers
@@ -281,18 +282,20 @@ def _all_gather_bytes(graphdef, state, mesh, batch) -> float:
   return aot.collective_bytes(compiled.as_text(), loop_trips=1).get('all-gather', 0.0)
 
 
-def test_the_steps_compile_with_the_mesh_presets_xla_options(cfg, sharded, mesh):
-  """mesh.xla_options reach the train step's compile (and only its): XLA:CPU's YNNPACK matmul fusions go when
-  they are turned off there, and an option XLA does not know stops the compile with its name."""
+def test_the_train_step_compiles_with_the_configs_xla_options(cfg, sharded, mesh):
+  """mesh.xla_options reach the step's compile (and only its): XLA:CPU's YNNPACK matmul fusions go when they are
+  turned off there, and an option XLA does not know stops the compile with its name."""
   graphdef, state = sharded
   batch = jax.tree.map(lambda x: x[None], make_batch(cfg))  # one micro-batch
   shardings = jax.tree.map(lambda a: a.sharding, state)
 
-  def compiled_text(xla_options):
+  def compiled_text(xla_options: dict):
+    config = pretrain.get_config('tiny,mesh=cpu')
+    config.mesh.xla_options = xla_options
     train_step = make_train_step(graphdef, optimizer_lib.make_optimizer(optim_config()), seed=0,
                                  learning_rate=optimizer_lib.learning_rate_schedule(optim_config()),
                                  state_shardings=shardings, mesh=mesh, rules=LOGICAL_AXIS_RULES,
-                                 xla_options=xla_options)
+                                 compiler_options=setup.compiler_options(config))
     with jax.set_mesh(mesh):
       return train_step.lower(state, batch, 'mlm').compile().as_text()
 

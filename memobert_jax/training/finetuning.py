@@ -54,7 +54,8 @@ def finetune(config: ConfigDict, workdir: str, *, allow_config_change: bool = Fa
   # A pretraining run with the itm ablation task leaves a matching head that finetuning does not use.
   state = setup.initial_state(trainer, skip=('itm_head/',))
   scorer = inference.make_scorer(trainer.graphdef, mode.scored_ids(batcher.verbalizer.label_ids), mesh=trainer.mesh,
-                                 rules=trainer.rules, param_shardings=trainer.state_shardings.params)
+                                 rules=trainer.rules, param_shardings=trainer.state_shardings.params,
+                                 compiler_options=setup.compiler_options(config))
   place = functools.partial(sharding.replicated_to_global, sharding=trainer.batch_sharding)
   valid = finetuning_data.evaluation_batches(batcher, parts['valid'], settings.eval_modalities,
                                              settings.eval_batch_size)

@@ -42,7 +42,7 @@ def pretrain(config: ConfigDict, workdir: str, *, allow_config_change: bool = Fa
       setup.write_config(workdir, config)
     eval_step = step_lib.make_eval_step(trainer.graphdef, state_shardings=trainer.state_shardings,
                                         mesh=trainer.mesh, rules=trainer.rules,
-                                        xla_options=config.mesh.xla_options)
+                                        compiler_options=setup.compiler_options(config))
     valid = (pipeline.validation_batches(config, tokenizer, micro_batch_size=trainer.micro_batch_size)
              if config.data.valid else [])
     outputs = setup.RunOutputs(workdir, config.optim.total_steps, start, 'pretrain')

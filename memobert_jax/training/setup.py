@@ -142,6 +142,11 @@ class Trainer:
     return sharding.batch_sharding(self.mesh, self.rules)
 
 
+def compiler_options(config: ConfigDict) -> dict[str, str] | None:
+  """The XLA options of the job's jitted steps (mesh.xla_options); None keeps XLA's defaults."""
+  return dict(config.mesh.xla_options) or None
+
+
 def make_trainer(config: ConfigDict, devices=None) -> Trainer:
   """Builds the mesh (over `devices`, default all), the optimizer, the state's layout and the jitted step;
   allocates nothing."""
@@ -156,7 +161,7 @@ def make_trainer(config: ConfigDict, devices=None) -> Trainer:
                                         learning_rate=optimizer_lib.learning_rate_schedule(config.optim),
                                         state_shardings=jax.tree.map(lambda a: a.sharding, abstract_state),
                                         mesh=mesh, rules=config.logical_axis_rules,
-                                        xla_options=config.mesh.xla_options)
+                                        compiler_options=compiler_options(config))
   return Trainer(config, mesh, micro_batches, micro_batch_size, optimizer, graphdef, abstract_state, train_step)
 
 

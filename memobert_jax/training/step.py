@@ -5,7 +5,7 @@ over the data-parallel mesh axes. The task is a static argument, so each task
 (and each length bucket) compiles once.
 """
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -28,7 +28,7 @@ def dropout_key(seed: int, step: jax.Array, micro_batch: jax.Array) -> jax.Array
 
 def make_train_step(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformation, *, seed: int,
                     learning_rate: optax.Schedule, state_shardings: TrainState, mesh: Mesh,
-                    rules: sharding.Rules, xla_options: Mapping[str, str] | None = None) -> StepFn:
+                    rules: sharding.Rules, compiler_options: dict[str, str] | None = None) -> StepFn:
 
   def step(state: TrainState, batch: dict, task: str) -> tuple[TrainState, dict]:
     task_fn = TASKS[task]
@@ -63,11 +63,11 @@ def make_train_step(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformat
 
   return jax.jit(step, static_argnames='task', donate_argnums=0,
                  in_shardings=(state_shardings, sharding.batch_sharding(mesh, rules)),
-                 out_shardings=(state_shardings, sharding.replicated(mesh)), compiler_options=_options(xla_options))
+                 out_shardings=(state_shardings, sharding.replicated(mesh)), compiler_options=compiler_options)
 
 
 def make_eval_step(graphdef: nnx.GraphDef, *, state_shardings: TrainState, mesh: Mesh, rules: sharding.Rules,
-                   xla_options: Mapping[str, str] | None = None
+                   compiler_options: dict[str, str] | None = None
                    ) -> Callable[[TrainState, dict, str], tuple[jax.Array, jax.Array]]:
   """(loss sum, target count) of a task over an [A, b, ...] batch, without dropout."""
 
@@ -84,9 +84,4 @@ def make_eval_step(graphdef: nnx.GraphDef, *, state_shardings: TrainState, mesh:
 
   return jax.jit(evaluate, static_argnames='task',
                  in_shardings=(state_shardings, sharding.batch_sharding(mesh, rules)),
-                 out_shardings=sharding.replicated(mesh), compiler_options=_options(xla_options))
-
-
-def _options(xla_options: Mapping[str, str] | None) -> dict[str, str] | None:
-  """XLA debug options for this jit's compiles only (a config's mesh.xla_options), None for XLA's defaults."""
-  return dict(xla_options) if xla_options else None
+                 out_shardings=sharding.replicated(mesh), compiler_options=compiler_options)
