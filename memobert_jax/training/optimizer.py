@@ -30,7 +30,7 @@ def decay_mask(params):
   return jax.tree_util.tree_map_with_path(lambda path, _: _parameter_name(path) not in _NO_DECAY, params)
 
 
-def parameter_path(path) -> str:
+def _parameter_path(path) -> str:
   """'acoustic_embeddings/projection/kernel': the names of a key path, as checkpoints and patterns write them."""
   return '/'.join(str(k.key) for k in path if isinstance(k, jax.tree_util.DictKey))
 
@@ -42,11 +42,11 @@ def scale_by_multipliers(multipliers: Sequence[tuple[str, float]]) -> optax.Grad
   patterns = [(re.compile(regex), float(multiplier)) for regex, multiplier in multipliers]
 
   def multiplier(path) -> float:
-    name = parameter_path(path)
+    name = _parameter_path(path)
     return next((m for regex, m in patterns if regex.fullmatch(name)), 1.0)
 
   def init(params):
-    names = [parameter_path(path) for path, _ in jax.tree_util.tree_leaves_with_path(params)]
+    names = [_parameter_path(path) for path, _ in jax.tree_util.tree_leaves_with_path(params)]
     for regex, _ in patterns:
       if not any(regex.fullmatch(name) for name in names):
         raise ValueError(f'optim.lr_multipliers: {regex.pattern!r} matches no parameter of the model '
