@@ -24,15 +24,22 @@ the UNITER-style one on transformers' BertEncoder) on the same batch, alternatin
 each in this process so that all see the same machine load; the per-round ratios give the spread of JAX/torch
 examples/s. On CPU the cpu preset's allocator setting (setup.reuse_freed_host_memory) holds for all of them;
 `--default_allocator` measures glibc's default instead.
+
+`--torch --isolated_rounds N` runs every framework alone in a process of its own instead, one after the other
+and round after round (JAX, then each reference), so that none shares a heap or an OpenMP pool with another;
+each round's ratio compares the medians of its processes' timed steps, and the spread is over the rounds.
 """
 
 import argparse
 import json
 import resource
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 import types
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -184,6 +191,24 @@ def _summary(times: list[float], examples: int, tokens: int) -> dict[str, float]
           'examples_per_s': examples / median, 'tokens_per_s': tokens / median}
 
 
+def _timed_steps(run_step: Callable[[], float], steps: int) -> tuple[list[float], _Usage]:
+  """`steps` timed calls of `run_step` after one warm-up call, with this process's CPU time and page faults."""
+  run_step()
+  times, usage = [], _Usage()
+  for _ in range(steps):
+    with usage:
+      times.append(run_step())
+  return times, usage
+
+
+def _torch_runner(trainer, batch: dict, task: str) -> Callable[[], float]:
+  def run() -> float:
+    start = time.perf_counter()
+    trainer.step(batch, task)
+    return time.perf_counter() - start
+  return run
+
+
 def bench_task(jax_step: JaxStep, config: ConfigDict, task: str, steps: int,
                torch_trainers: dict | None = None) -> dict:
   """Times the task's JAX step, alternating with each torch reference (by encoder name) step by step."""
@@ -191,34 +216,86 @@ def bench_task(jax_step: JaxStep, config: ConfigDict, task: str, steps: int,
   batch = host_batch(config, task, np.random.default_rng(0))
   result = {'task': task, **jax_step.compile(task, batch)}
   device_batch = jax_step.device_batch(batch)
-  examples, tokens = config.batch_size, valid_tokens(batch)
-  torch_batch = None
+  runners = {'jax': lambda: jax_step.run(task, device_batch)}
   if torch_trainers:
     from benchmarks import torch_reference  # Deferred: torch is an optional benchmark dependency.
     torch_batch = torch_reference.to_torch({k: v[0] for k, v in batch.items()})
-    for trainer in torch_trainers.values():
-      trainer.step(torch_batch, task)  # warm-up (allocator, oneDNN primitive caches)
-  jax_step.run(task, device_batch)  # warm-up
-  times = {'jax': [], **{name: [] for name in torch_trainers}}
-  usage = {name: _Usage() for name in times}
+    runners.update({name: _torch_runner(trainer, torch_batch, task) for name, trainer in torch_trainers.items()})
+  for run in runners.values():
+    run()  # warm-up (XLA's first run; torch's allocator and oneDNN primitive caches)
+  times = {name: [] for name in runners}
+  usage = {name: _Usage() for name in runners}
   for _ in range(steps):
-    with usage['jax']:
-      times['jax'].append(jax_step.run(task, device_batch))
-    for name, trainer in torch_trainers.items():
+    for name, run in runners.items():
       with usage[name]:
-        start = time.perf_counter()
-        trainer.step(torch_batch, task)
-        times[name].append(time.perf_counter() - start)
-  result.update(_summary(times['jax'], examples, tokens))
-  result.update(usage['jax'].per_step(steps))
+        times[name].append(run())
+  _add_jax_timings(result, times['jax'], usage['jax'], config.batch_size, valid_tokens(batch))
+  result['torch'], result['jax_over_torch'] = {}, {}
+  for name in torch_trainers:
+    result['torch'][name] = {**_summary(times[name], config.batch_size, valid_tokens(batch)),
+                             **usage[name].per_step(steps)}
+    result['jax_over_torch'][name] = _spread([t / j for j, t in zip(times['jax'], times[name])])
+  return result
+
+
+def _add_jax_timings(result: dict, times: list[float], usage: _Usage, examples: int, tokens: int) -> None:
+  result.update(_summary(times, examples, tokens))
+  result.update(usage.per_step(len(times)))
   result['tokens_per_step'] = tokens
   result['achieved_flops'] = result['flops_per_step'] / result['step_s_median']
   result['flops_per_cpu_s'] = result['flops_per_step'] / (result['user_cpu_s'] + result['system_cpu_s'])
-  result['torch'], result['jax_over_torch'] = {}, {}
-  for name in torch_trainers:
-    result['torch'][name] = {**_summary(times[name], examples, tokens), **usage[name].per_step(steps)}
-    ratios = [t / j for j, t in zip(times['jax'], times[name])]
-    result['jax_over_torch'][name] = {'median': statistics.median(ratios), 'min': min(ratios), 'max': max(ratios)}
+
+
+def _spread(ratios: list[float]) -> dict[str, float]:
+  return {'median': statistics.median(ratios), 'min': min(ratios), 'max': max(ratios)}
+
+
+def bench_alone(config: ConfigDict, task: str, steps: int, framework: str) -> dict:
+  """One framework's step alone in this process: 'jax' or a torch reference's encoder name."""
+  batch = host_batch(config, task, np.random.default_rng(0))
+  examples, tokens = config.batch_size, valid_tokens(batch)
+  if framework == 'jax':
+    jax_step = JaxStep(config)
+    result = {'task': task, **jax_step.compile(task, batch)}
+    device_batch = jax_step.device_batch(batch)
+    times, usage = _timed_steps(lambda: jax_step.run(task, device_batch), steps)
+    _add_jax_timings(result, times, usage, examples, tokens)
+  else:
+    from benchmarks import torch_reference  # Deferred: torch is an optional benchmark dependency.
+    trainer = torch_reference.TorchTrainer(config.model, config.optim, seed=config.seed, encoder=framework)
+    torch_batch = torch_reference.to_torch({k: v[0] for k, v in batch.items()})
+    times, usage = _timed_steps(_torch_runner(trainer, torch_batch, task), steps)
+    result = {'task': task, **_summary(times, examples, tokens), **usage.per_step(steps)}
+  result['step_s'] = times
+  return result
+
+
+def bench_isolated(step_options: list[str], task: str, rounds: int, encoders: list[str],
+                   torch_allocators: list[str]) -> dict:
+  """Rounds of one process per framework, one after the other: JAX's timings, each reference's (under each of
+  `torch_allocators`: 'preset', the cpu preset's as JAX has it, or glibc's 'default'), and the spread over the
+  rounds of the ratio of their median steps."""
+  processes = {'jax': step_options}
+  for encoder in encoders:
+    for allocator in torch_allocators:
+      name = encoder if allocator == 'preset' else f'{encoder}, glibc default'
+      processes[name] = step_options + (['--default_allocator'] if allocator == 'default' else [])
+  runs = {name: [] for name in processes}
+  for round_index in range(rounds):
+    for name, options in processes.items():
+      with tempfile.NamedTemporaryFile(suffix='.json') as output:
+        subprocess.run([sys.executable, '-m', 'benchmarks.bench_step', *options, '--task', task,
+                        '--alone', name.split(',')[0], '--json', output.name], check=True)
+        with open(output.name) as f:
+          runs[name].append(json.load(f)['results'][0])
+      print(f'round {round_index + 1}/{rounds} {name:30s} step {runs[name][-1]["step_s_median"]:.3f}s', flush=True)
+  # JAX's row: its fastest round's timings (FLOPs and memory are the same in every round).
+  result = min(runs['jax'], key=lambda r: r['step_s_median'])
+  result['rounds'] = {name: [r['step_s_median'] for r in results] for name, results in runs.items()}
+  references = [name for name in processes if name != 'jax']
+  result['torch'] = {name: min(runs[name], key=lambda r: r['step_s_median']) for name in references}
+  result['jax_over_torch'] = {name: _spread([t['step_s_median'] / j['step_s_median']
+                                             for j, t in zip(runs['jax'], runs[name])]) for name in references}
   return result
 
 
@@ -231,10 +308,18 @@ def _line(result: dict) -> str:
           f'compile {result["compile_s"]:.1f}s  sys {result["system_cpu_s"]:.1f}s/step')
   for name, torch_result in result['torch'].items():
     ratio = result['jax_over_torch'][name]
-    line += (f'\n{"":20s} torch ({name} encoder) {torch_result["examples_per_s"]:.2f} ex/s step '
+    line += (f'\n{"":20s} torch ({name}) {torch_result["examples_per_s"]:.2f} ex/s step '
              f'{torch_result["step_s_median"]:.3f}s sys {torch_result["system_cpu_s"]:.1f}s/step  '
              f'JAX/torch {ratio["median"]:.2f}x [{ratio["min"]:.2f}-{ratio["max"]:.2f}]')
   return line
+
+
+def _step_options(args: argparse.Namespace) -> list[str]:
+  """The options that shape the step and its timing, for the processes of --isolated_rounds."""
+  names = ('model', 'batch', 'dtype', 'steps', 'text_len', 'visual_len', 'acoustic_len', 'attention_impl', 'remat',
+           'dropout', 'attention_dropout', 'prng_impl')
+  options = [f'--{name}={getattr(args, name)}' for name in names if getattr(args, name) is not None]
+  return options + (['--default_allocator'] if args.default_allocator else [])
 
 
 def _load() -> str:
@@ -268,6 +353,13 @@ def main(argv: list[str]) -> None:
   parser.add_argument('--default_allocator', action='store_true',
                       help="leave glibc's malloc as it is (the cpu preset makes it reuse freed memory, for both "
                            'JAX and torch in this process)')
+  parser.add_argument('--isolated_rounds', type=int, default=0,
+                      help='with --torch: run JAX and each reference alone in a process of its own, one after the '
+                      'other, this many rounds (0: all in this process, step by step)')
+  parser.add_argument('--torch_allocators', default='preset',
+                      help="with --isolated_rounds: the references' allocators, each a process of its own: 'preset' "
+                      "(JAX's, the cpu preset's) and/or 'default' (glibc's as it is)")
+  parser.add_argument('--alone', default=None, help=argparse.SUPPRESS)  # An --isolated_rounds process: its framework.
   parser.add_argument('--json', default=None, help='also write the results to this file')
   args = parser.parse_args(argv)
 
@@ -286,22 +378,33 @@ def main(argv: list[str]) -> None:
             'batch': args.batch, 'dtype': args.dtype, 'shapes': [args.text_len, args.visual_len, args.acoustic_len],
             'overrides': overrides, 'prng_impl': jax.config.jax_default_prng_impl, 'reuse_host_memory': reuse_host_memory,
             'load_before': _load()}
+  if args.alone:
+    report['results'] = [bench_alone(config, args.task, args.steps, args.alone)]
+    with open(args.json, 'w') as f:
+      json.dump(report, f)
+    return
   if args.peak_tflops:
     report['peak_flops'] = args.peak_tflops * 1e12
   else:
     report.update(matmul_peak())
-  torch_trainers = {}
-  if args.torch:
-    import torch  # Deferred: torch is an optional benchmark dependency.
-
-    from benchmarks import torch_reference
-    torch_trainers = {encoder: torch_reference.TorchTrainer(config.model, config.optim, seed=config.seed,
-                                                            encoder=encoder)
-                      for encoder in args.torch_encoders.split(',')}
-    report['torch_version'], report['torch_threads'] = torch.__version__, torch.get_num_threads()
-  jax_step = JaxStep(config)
   tasks = TASKS if args.task == 'all' else (args.task,)
-  report['results'] = [bench_task(jax_step, config, task, args.steps, torch_trainers) for task in tasks]
+  encoders = args.torch_encoders.split(',') if args.torch else []
+  if args.isolated_rounds:
+    if not args.torch:
+      parser.error('--isolated_rounds compares JAX with the torch references: add --torch')
+    report['results'] = [bench_isolated(_step_options(args), task, args.isolated_rounds, encoders,
+                                        args.torch_allocators.split(',')) for task in tasks]
+  else:
+    torch_trainers = {}
+    if args.torch:
+      import torch  # Deferred: torch is an optional benchmark dependency.
+
+      from benchmarks import torch_reference
+      torch_trainers = {encoder: torch_reference.TorchTrainer(config.model, config.optim, seed=config.seed,
+                                                              encoder=encoder) for encoder in encoders}
+      report['torch_version'], report['torch_threads'] = torch.__version__, torch.get_num_threads()
+    jax_step = JaxStep(config)
+    report['results'] = [bench_task(jax_step, config, task, args.steps, torch_trainers) for task in tasks]
   if not args.peak_tflops:
     # Measured again at the end, the best of both: a peak measured while other jobs ran would flatter the step.
     again = matmul_peak()

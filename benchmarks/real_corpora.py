@@ -6,7 +6,7 @@ dependencies (torch, transformers, scikit-learn) are in benchmarks/requirements.
 
   python -m benchmarks.real_corpora text --corpus MELD/data/MELD --hf_dir HF_BERT --workdir runs/real/meld
   python -m benchmarks.real_corpora speech --corpus RAVDESS/Audio_Speech_Actors_01-24 --hf_dir HF_BERT \
-      --workdir runs/real/ravdess [--init runs/real/meld/runs/pretrain/text_stage/export]
+      --workdir runs/real/ravdess [--init runs/real/meld/runs/pretrain/text_stage/export] [--whisper WHISPER]
 
 text (MELD: Friends dialogue, the corpus's own train / dev / test split; neutral, joy -> happy,
 sadness -> sad, anger; the other three emotions are left out):
@@ -23,7 +23,9 @@ sadness -> sad, anger; the other three emotions are left out):
      warm-up and decay) and model selection.
 speech (RAVDESS speech: 24 actors; neutral + calm -> neutral, happy, sad, angry -> anger; the
 text is the clip's statement, which says nothing of the emotion):
-  1. the manifest with librosa frames (data_prep.acoustic_features: log-mel, pitch, energy in 120 ms frames);
+  1. the manifest with librosa frames (data_prep.acoustic_features: log-mel, pitch, energy in 120 ms frames),
+     or with --whisper, the last hidden states of a Whisper encoder (memobert_jax/features/whisper.py)
+     pooled to the same 120 ms frames;
   2. with --pretrain_steps, the paper's stage 2: the multimodal pretraining tasks on every clip (all 8
      emotions, no labels) outside the sessions that the --folds validate and test on;
   3. prompt finetuning (each of --prompt_losses) on text alone (L) and on text + audio (LA), from the
@@ -329,14 +331,19 @@ def text_benchmark(args) -> None:
 def speech_benchmark(args) -> None:
   workdir = os.path.abspath(args.workdir)
   # 120 ms frames (6 x 20 ms pooled), 32 of them: RAVDESS clips are 3-5 s, and the CPU pays per frame.
-  extractor = acoustic_features.AcousticFeatureConfig(pool=6, max_frames=32)
+  if args.whisper:
+    extractor = acoustic_features.SpeechEncoderConfig(args.whisper, model='whisper', pool=6, max_frames=32)
+    acoustic_dim, suffix = acoustic_features.encoder_extractor(extractor).dim, '_whisper'
+  else:
+    extractor = acoustic_features.AcousticFeatureConfig(pool=6, max_frames=32)
+    acoustic_dim, suffix = acoustic_features.feature_dim(extractor), ''
   labelled, clips = ravdess_records(args.corpus)
-  data = write_dataset(labelled, os.path.join(workdir, 'data', 'labelled'), LABELS, acoustic_config=extractor,
-                       workers=2)
+  data = write_dataset(labelled, os.path.join(workdir, 'data', 'labelled' + suffix), LABELS,
+                       acoustic_config=extractor, workers=2)
   init = args.init or converted_init(args.hf_dir, workdir)
   vocab = os.path.join(args.hf_dir, 'vocab.txt')
   folds = [int(f) for f in args.folds.split(',')]
-  shared = {**model_overrides(vocab, acoustic_features.feature_dim(extractor)), 'init.checkpoint': init,
+  shared = {**model_overrides(vocab, acoustic_dim), 'init.checkpoint': init,
             'data.text_buckets': (32,), 'data.max_acoustic_frames': extractor.max_frames,
             'data.acoustic_buckets': (extractor.max_frames,)}
   if args.acoustic_lr_multiplier != 1:
@@ -349,7 +356,8 @@ def speech_benchmark(args) -> None:
                        if fold.index in folds})
     without = '_without_' + '+'.join(held_out)
     unlabelled = write_dataset([c for c in clips if c['session'] not in held_out],
-                               os.path.join(workdir, 'data', 'clips' + without), None, acoustic_config=extractor,
+                               os.path.join(workdir, 'data', 'clips' + without + suffix), None,
+                               acoustic_config=extractor,
                                workers=2)
     # The variant's name says what differs, so that another stage in the same workdir gets its own run.
     name = 'multimodal' + ('' if args.pretrain_weights == DEFAULT_PRETRAIN_WEIGHTS else
@@ -437,6 +445,9 @@ def main(argv: Sequence[str] | None = None) -> None:
   parser.add_argument('--acoustic_lr_multiplier', type=float, default=1.0,
                       help='speech: the acoustic embedder and type embedding train at this multiple of --lr (and '
                       'of the multimodal stage\'s): the init has none of them (optim.lr_multipliers)')
+  parser.add_argument('--whisper', default='',
+                      help='speech: acoustic frames from this Whisper folder\'s encoder (Hugging Face or CTranslate2; '
+                      'memobert_jax/features/whisper.py) instead of the librosa extractor')
   parser.add_argument('--folds', default='1', help='speech: comma-separated leave-one-session-out folds (1..24)')
   parser.add_argument('--inputs', default='LA,L', help='speech: the modality subsets trained and tested (text alone '
                       'is at chance on RAVDESS by design; leave it out to tune on unreported folds)')

@@ -1,4 +1,5 @@
-"""Acoustic frame features: the built-in librosa extractor, and the wav2vec 2.0 path (`Wav2Vec2Config`).
+"""Acoustic frame features: the built-in librosa extractor, and pretrained speech encoders (`SpeechEncoderConfig`:
+wav2vec 2.0 / HuBERT as the paper, or Whisper's encoder).
 
 The paper's acoustic frames are wav2vec 2.0 hidden states at 50 Hz, mean-pooled over
 groups of 3 (60 ms), first 64 kept (spec section 2). This module produces frames with
@@ -204,76 +205,90 @@ def extract_from_signal(signal: np.ndarray, sample_rate: int, config: AcousticFe
   return pooled if config.max_frames is None else pooled[:config.max_frames]
 
 
+# A speech encoder's name -> its module in memobert_jax/features.
+SPEECH_ENCODERS = ('wav2vec2', 'whisper')
+
+
 @dataclasses.dataclass(frozen=True)
-class Wav2Vec2Config:
-  """wav2vec 2.0 / HuBERT hidden states instead of librosa features (spec section 2): a Hugging Face checkpoint
-  folder run by memobert_jax/features/wav2vec2.py (base, last layer, groups of 3, first 64, 10 s: the paper's)."""
+class SpeechEncoderConfig:
+  """Hidden states of a pretrained speech encoder instead of librosa features: `model` 'wav2vec2' (a Hugging Face
+  wav2vec 2.0 / HuBERT folder, memobert_jax/features/wav2vec2.py; the paper's: base, last layer, groups of 3,
+  first 64, 10 s) or 'whisper' (a Hugging Face or CTranslate2 Whisper folder, memobert_jax/features/whisper.py)."""
   checkpoint: str
   layer: int = -1
   pool: int = 3
   max_frames: int | None = 64
   max_seconds: float = 10.0
   batch_size: int = 8
+  model: str = 'wav2vec2'
+
+  def __post_init__(self):
+    if self.model not in SPEECH_ENCODERS:
+      raise ValueError(f'speech encoder {self.model!r} is not one of {SPEECH_ENCODERS}')
 
 
 @functools.lru_cache(maxsize=2)
-def wav2vec2_extractor(config: Wav2Vec2Config):
+def encoder_extractor(config: SpeechEncoderConfig):
   """The extractor of a config, built once per process (loading and compiling it is the slow part)."""
-  from memobert_jax.features import wav2vec2  # jax and the checkpoint only where wav2vec 2.0 is asked for
-  return wav2vec2.Wav2Vec2Features(config.checkpoint, layer=config.layer, pool=config.pool,
-                                   max_frames=config.max_frames, max_seconds=config.max_seconds,
-                                   batch_size=config.batch_size)
+  # jax and the checkpoint only where a speech encoder is asked for
+  from memobert_jax.features import wav2vec2, whisper
+  extractor = wav2vec2.Wav2Vec2Features if config.model == 'wav2vec2' else whisper.WhisperFeatures
+  return extractor(config.checkpoint, layer=config.layer, pool=config.pool, max_frames=config.max_frames,
+                   max_seconds=config.max_seconds, batch_size=config.batch_size)
 
 
 @functools.lru_cache(maxsize=4)
-def _weights_sha256(checkpoint: str) -> str:
+def _weights_sha256(checkpoint: str, model: str) -> str:
   from memobert_jax import hf_import
-  return schema.sha256_file(hf_import.weights_path(checkpoint))
+  from memobert_jax.features import whisper
+  path = hf_import.weights_path(checkpoint) if model == 'wav2vec2' else whisper.weights_file(checkpoint)
+  return schema.sha256_file(path)
 
 
-def describe(config: AcousticFeatureConfig | Wav2Vec2Config) -> dict:
+def describe(config: AcousticFeatureConfig | SpeechEncoderConfig) -> dict:
   """What makes the frames, for cache keys and metadata (without loading a model): the librosa settings, or
-  the wav2vec 2.0 settings with the sha256 of the checkpoint's weights."""
-  if isinstance(config, Wav2Vec2Config):
-    return {'extractor': 'wav2vec2', **dataclasses.asdict(config), 'weights_sha256': _weights_sha256(config.checkpoint)}
+  the speech encoder's settings with the sha256 of the checkpoint's weights."""
+  if isinstance(config, SpeechEncoderConfig):
+    fields = {k: v for k, v in dataclasses.asdict(config).items() if k != 'model'}
+    return {'extractor': config.model, **fields, 'weights_sha256': _weights_sha256(config.checkpoint, config.model)}
   return {'extractor': 'librosa', **dataclasses.asdict(config)}
 
 
-def from_description(description: dict) -> AcousticFeatureConfig | Wav2Vec2Config:
-  """The config a dataset's metadata describes (`describe`), refusing wav2vec 2.0 weights other than it used."""
+def from_description(description: dict) -> AcousticFeatureConfig | SpeechEncoderConfig:
+  """The config a dataset's metadata describes (`describe`), refusing encoder weights other than it used."""
   fields = {k: v for k, v in description.items() if k not in ('extractor', 'weights_sha256')}
-  if description.get('extractor') != 'wav2vec2':
+  if description.get('extractor') not in SPEECH_ENCODERS:
     return AcousticFeatureConfig(**{**fields, 'kinds': tuple(fields['kinds'])})
-  config = Wav2Vec2Config(**fields)
-  found = _weights_sha256(config.checkpoint)
+  config = SpeechEncoderConfig(**fields, model=description['extractor'])
+  found = _weights_sha256(config.checkpoint, config.model)
   if found != description['weights_sha256']:
     raise ValueError(f'{config.checkpoint} holds other weights than the features were made with (sha256 '
                      f'{found[:12]}..., recorded {description["weights_sha256"][:12]}...)')
   return config
 
 
-def sample_rate(config: AcousticFeatureConfig | Wav2Vec2Config) -> int:
-  return wav2vec2_extractor(config).sample_rate if isinstance(config, Wav2Vec2Config) else config.sample_rate
+def sample_rate(config: AcousticFeatureConfig | SpeechEncoderConfig) -> int:
+  return encoder_extractor(config).sample_rate if isinstance(config, SpeechEncoderConfig) else config.sample_rate
 
 
-def _decode(path: str | os.PathLike, config: AcousticFeatureConfig | Wav2Vec2Config) -> np.ndarray:
+def _decode(path: str | os.PathLike, config: AcousticFeatureConfig | SpeechEncoderConfig) -> np.ndarray:
   """The first max_seconds of a wav's samples or of a video's audio track, mono at the extractor's rate."""
   from memobert_jax.features import media
   return media.read_audio(path, 0.0, min(config.max_seconds, media.duration(path)), sample_rate(config))
 
 
-def extract_batch(paths: Sequence[str], config: AcousticFeatureConfig | Wav2Vec2Config) -> list[np.ndarray]:
-  """Frames [T, D] of each audio file; wav2vec 2.0 runs them as batches, jitted (on the accelerator if any)."""
-  if not isinstance(config, Wav2Vec2Config):
+def extract_batch(paths: Sequence[str], config: AcousticFeatureConfig | SpeechEncoderConfig) -> list[np.ndarray]:
+  """Frames [T, D] of each audio file; a speech encoder runs them as batches, jitted (on the accelerator if any)."""
+  if not isinstance(config, SpeechEncoderConfig):
     return [extract_from_wav(path, config) for path in paths]
-  return wav2vec2_extractor(config)([_decode(path, config) for path in paths])
+  return encoder_extractor(config)([_decode(path, config) for path in paths])
 
 
-def extract_from_media(path: str | os.PathLike, config: AcousticFeatureConfig | Wav2Vec2Config) -> np.ndarray:
+def extract_from_media(path: str | os.PathLike, config: AcousticFeatureConfig | SpeechEncoderConfig) -> np.ndarray:
   """Frames [T, D] of any media file with an audio track (a video too), decoded with PyAV."""
   signal = _decode(path, config)
-  if isinstance(config, Wav2Vec2Config):
-    return wav2vec2_extractor(config)([signal])[0]
+  if isinstance(config, SpeechEncoderConfig):
+    return encoder_extractor(config)([signal])[0]
   return extract_from_signal(signal, config.sample_rate, config)
 
 

@@ -3,7 +3,7 @@
   python -m data_prep.write_shards --manifest corpus/manifest.jsonl --output data/corpus \
       --num_shards 16 --workers 8 [--labels anger,happy,neutral,sad] [--storage_dtype float16] \
       [--on_error fail|skip] [--max_visual_frames N] [--max_acoustic_frames N]
-      [--wav2vec2 CHECKPOINT [--wav2vec2_layer -1] | librosa flags: --kinds ...]
+      [--wav2vec2 CHECKPOINT | --whisper CHECKPOINT [--encoder_layer -1] | librosa flags: --kinds ...]
 
 Every example is validated before any shard is written; with `--on_error fail`
 (default) any problem stops the job and all problems are listed, with `skip`
@@ -106,9 +106,9 @@ def extract_from_wavs(manifest: str | os.PathLike, options: manifest_lib.Feature
       rates[media.probe(utt.wav).audio_sample_rate] += 1
   todo = [(u, manifest_lib.wav_cache_path(u, options)) for u in wavs]
   todo = [(u, cache) for u, cache in todo if not os.path.exists(cache)]
-  if isinstance(config, acoustic_features.Wav2Vec2Config):
+  if isinstance(config, acoustic_features.SpeechEncoderConfig):
     batch = config.batch_size * 8  # the extractor sorts each chunk by length into its own batches
-    for start in tqdm(range(0, len(todo), batch), desc='wav2vec 2.0', unit=f' x{batch} wavs', disable=not progress):
+    for start in tqdm(range(0, len(todo), batch), desc=config.model, unit=f' x{batch} wavs', disable=not progress):
       chunk = todo[start:start + batch]
       with contextlib.suppress(Exception):  # validation extracts a failing chunk one wav at a time, naming it
         for (_, cache), features in zip(chunk, acoustic_features.extract_batch([u.wav for u, _ in chunk], config)):
@@ -353,18 +353,23 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
   parser.add_argument('--max_acoustic_frames', type=int, default=None, help='store only the first N (default: all)')
   parser.add_argument('--name', default=None, help='dataset name (default: the output folder name)')
   parser.add_argument('--quiet', action='store_true', help='no progress bars')
-  group = parser.add_argument_group('acoustic frames of utterances with a wav and no acoustic .npy: wav2vec 2.0 '
-                                    '(--wav2vec2) or the librosa extractor')
-  group.add_argument('--wav2vec2', default=None, help='a Hugging Face wav2vec 2.0 / HuBERT checkpoint folder')
-  group.add_argument('--wav2vec2_layer', type=int, default=-1, help='hidden state taken (-1: the last)')
-  group.add_argument('--wav2vec2_batch_size', type=int, default=8, help='waveforms per jitted batch')
+  group = parser.add_argument_group('acoustic frames of utterances with a wav and no acoustic .npy: a speech '
+                                    'encoder (--wav2vec2 or --whisper) or the librosa extractor')
+  encoders = group.add_mutually_exclusive_group()
+  encoders.add_argument('--wav2vec2', default=None, help='a Hugging Face wav2vec 2.0 / HuBERT checkpoint folder')
+  encoders.add_argument('--whisper', default=None, help='a Hugging Face or CTranslate2 Whisper checkpoint folder')
+  group.add_argument('--encoder_layer', '--wav2vec2_layer', type=int, default=-1,
+                     help='the speech encoder\'s hidden state taken (-1: the last)')
+  group.add_argument('--encoder_batch_size', '--wav2vec2_batch_size', type=int, default=8,
+                     help='waveforms per jitted batch of the speech encoder')
   acoustic_features.add_config_flags(group)
   args = parser.parse_args(argv)
-  args.acoustic_config = (acoustic_features.Wav2Vec2Config(args.wav2vec2, layer=args.wav2vec2_layer,
-                                                           pool=args.pool, max_frames=args.max_frames or None,
-                                                           max_seconds=args.max_seconds,
-                                                           batch_size=args.wav2vec2_batch_size)
-                          if args.wav2vec2 else acoustic_features.config_from_args(args))
+  checkpoint, model = (args.wav2vec2, 'wav2vec2') if args.wav2vec2 else (args.whisper, 'whisper')
+  args.acoustic_config = (acoustic_features.SpeechEncoderConfig(checkpoint, layer=args.encoder_layer, pool=args.pool,
+                                                                max_frames=args.max_frames or None,
+                                                                max_seconds=args.max_seconds,
+                                                                batch_size=args.encoder_batch_size, model=model)
+                          if checkpoint else acoustic_features.config_from_args(args))
   return args
 
 

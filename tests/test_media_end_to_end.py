@@ -63,7 +63,7 @@ def test_videos_and_subtitles_become_shards_a_model_and_a_prediction(media, tmp_
   assert all(line['face_frames'] >= 6 for line in lines)
 
   # Pretraining shards: wav2vec 2.0 frames from each clip's wav (44.1 kHz audio resampled to 16 kHz).
-  config = acoustic_features.Wav2Vec2Config(WAV2VEC2, max_frames=64)
+  config = acoustic_features.SpeechEncoderConfig(WAV2VEC2, max_frames=64)
   pretrain_shards = tmp_path / 'pretrain_shards'
   shard_summary = write_shards.write_shards(clips, pretrain_shards, acoustic_config=config, progress=False)
   assert shard_summary['audio']['from_wav'] == 14
@@ -126,7 +126,7 @@ def test_wavs_at_other_rates_are_resampled_for_wav2vec2_and_the_summary_says_so(
     records.append({'id': f'u{i}', 'text': 'i am so happy today', 'wav': f'u{i}.wav'})
   manifest = tmp_path / 'manifest.jsonl'
   manifest.write_text(''.join(json.dumps(r) + '\n' for r in records))
-  config = acoustic_features.Wav2Vec2Config(WAV2VEC2)
+  config = acoustic_features.SpeechEncoderConfig(WAV2VEC2)
   summary = write_shards.write_shards(manifest, tmp_path / 'shards', acoustic_config=config, progress=False)
   assert summary['audio'] == {'from_wav': 3, 'sample_rate': 16000, 'resampled': {'22050': 1, '44100': 1}}
   assert schema.DatasetMetadata.load(tmp_path / 'shards').acoustic_dim == 32

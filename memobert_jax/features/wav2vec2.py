@@ -70,7 +70,7 @@ import json
 import math
 import pathlib
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import jax
@@ -528,7 +528,13 @@ def read_config(folder: str | pathlib.Path) -> Wav2Vec2Config:
 
 def build(cfg: Wav2Vec2Config, params: Mapping[str, np.ndarray]) -> Wav2Vec2Model:
   """The module with `params` (convert_state_dict's output) as its variables, never randomly initialised."""
-  graphdef, abstract = nnx.split(nnx.eval_shape(lambda: Wav2Vec2Model(cfg, rngs=nnx.Rngs(0))))
+  return with_params(lambda: Wav2Vec2Model(cfg, rngs=nnx.Rngs(0)), params)
+
+
+def with_params(make_module: Callable[[], nnx.Module], params: Mapping[str, np.ndarray]) -> nnx.Module:
+  """The module `make_module` builds, with `params` ('a/b/0/c' paths) as its variables: built abstractly, so
+  nothing is randomly initialised; a missing, extra or misshapen parameter is an error naming it."""
+  graphdef, abstract = nnx.split(nnx.eval_shape(make_module))
   flat = [('/'.join(map(str, path)), path, var) for path, var in nnx.to_flat_state(abstract)]
   names = {name for name, _, _ in flat}
   if names != set(params):
@@ -565,6 +571,30 @@ def pool_frames(frames: np.ndarray, pool: int) -> np.ndarray:
   return (padded.reshape(num_groups, pool, *frames.shape[1:]).sum(axis=1) / counts[:, None]).astype(np.float32)
 
 
+def check_extractor_options(num_states: int, layer: int, pool: int, batch_size: int, max_frames: int | None) -> None:
+  if not -num_states <= layer < num_states:
+    raise ValueError(f'layer {layer} is out of range: the model has hidden states 0..{num_states - 1} '
+                     '(negative counts from the last)')
+  if pool < 1 or batch_size < 1 or (max_frames is not None and max_frames < 1):
+    raise ValueError(f'pool {pool}, batch_size {batch_size} and max_frames {max_frames} must be positive')
+
+
+def checked_waveform(waveform: np.ndarray, index: int, max_samples: int | None) -> np.ndarray:
+  """A waveform as float32 cut to `max_samples`; not mono, not float, empty or non-finite is an error naming
+  its index."""
+  wave = np.asarray(waveform)
+  if wave.ndim != 1:
+    raise ValueError(f'waveform {index} has shape {wave.shape}: mono audio is 1-D (average the channels)')
+  if not np.issubdtype(wave.dtype, np.floating):
+    raise ValueError(f'waveform {index} is {wave.dtype}: pass float samples (e.g. int16 PCM / 32768)')
+  wave = wave[:max_samples].astype(np.float32)
+  if not len(wave):
+    raise ValueError(f'waveform {index} is empty')
+  if not np.isfinite(wave).all():
+    raise ValueError(f'waveform {index} has non-finite samples')
+  return wave
+
+
 class Wav2Vec2Features:
   """Acoustic frames from a Hugging Face wav2vec 2.0 / HuBERT folder (the paper: base, last layer, 3, 64, 10 s).
 
@@ -589,12 +619,7 @@ class Wav2Vec2Features:
     self.checkpoint_dir = pathlib.Path(checkpoint_dir).resolve()
     model, self.config = load_checkpoint(self.checkpoint_dir)
     self.weights_file = hf_import.weights_path(self.checkpoint_dir)
-    num_states = self.config.num_hidden_layers + 1
-    if not -num_states <= layer < num_states:
-      raise ValueError(f'layer {layer} is out of range: the model has hidden states 0..{num_states - 1} '
-                       '(negative counts from the last)')
-    if pool < 1 or batch_size < 1 or (max_frames is not None and max_frames < 1):
-      raise ValueError(f'pool {pool}, batch_size {batch_size} and max_frames {max_frames} must be positive')
+    check_extractor_options(self.config.num_hidden_layers + 1, layer, pool, batch_size, max_frames)
     if (max_seconds is not None and max_seconds <= 0) or bucket_seconds <= 0:
       raise ValueError(f'max_seconds {max_seconds} and bucket_seconds {bucket_seconds} must be positive')
     preprocessor = self._preprocessor()
@@ -646,17 +671,10 @@ class Wav2Vec2Features:
 
   def prepare(self, waveform: np.ndarray, index: int = 0) -> np.ndarray:
     """One waveform as the model gets it: checked, cut, normalised if the checkpoint wants it (index: for errors)."""
-    wave = np.asarray(waveform)
-    if wave.ndim != 1:
-      raise ValueError(f'waveform {index} has shape {wave.shape}: mono audio is 1-D (average the channels)')
-    if not np.issubdtype(wave.dtype, np.floating):
-      raise ValueError(f'waveform {index} is {wave.dtype}: pass float samples (e.g. int16 PCM / 32768)')
-    wave = wave[:self.max_samples].astype(np.float32)
+    wave = checked_waveform(waveform, index, self.max_samples)
     if len(wave) < self.config.min_samples:
       raise ValueError(f'waveform {index} has {len(wave)} samples, fewer than the {self.config.min_samples} '
                        f'({self.config.min_samples / self.sample_rate * 1000:.0f} ms) one frame needs')
-    if not np.isfinite(wave).all():
-      raise ValueError(f'waveform {index} has non-finite samples')
     if self.normalize:
       wave64 = wave.astype(np.float64)
       wave = ((wave64 - wave64.mean()) / np.sqrt(wave64.var() + NORMALIZE_EPS)).astype(np.float32)
