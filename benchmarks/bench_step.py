@@ -275,17 +275,18 @@ def bench_isolated(step_options: list[str], task: str, rounds: int, encoders: li
   """Rounds of one process per framework, one after the other: JAX's timings, each reference's (under each of
   `torch_allocators`: 'preset', the cpu preset's as JAX has it, or glibc's 'default'), and the spread over the
   rounds of the ratio of their median steps."""
-  processes = {'jax': step_options}
+  # Row name -> (framework, its process's options).
+  processes = {'jax': ('jax', step_options)}
   for encoder in encoders:
     for allocator in torch_allocators:
       name = encoder if allocator == 'preset' else f'{encoder}, glibc default'
-      processes[name] = step_options + (['--default_allocator'] if allocator == 'default' else [])
+      processes[name] = (encoder, step_options + (['--default_allocator'] if allocator == 'default' else []))
   runs = {name: [] for name in processes}
   for round_index in range(rounds):
-    for name, options in processes.items():
+    for name, (framework, options) in processes.items():
       with tempfile.NamedTemporaryFile(suffix='.json') as output:
         subprocess.run([sys.executable, '-m', 'benchmarks.bench_step', *options, '--task', task,
-                        '--alone', name.split(',')[0], '--json', output.name], check=True)
+                        '--alone', framework, '--json', output.name], check=True)
         with open(output.name) as f:
           runs[name].append(json.load(f)['results'][0])
       print(f'round {round_index + 1}/{rounds} {name:30s} step {runs[name][-1]["step_s_median"]:.3f}s', flush=True)
