@@ -129,6 +129,24 @@ def _separate_qkv():
 
 
 @contextlib.contextmanager
+def _autodiff_layer_norm():
+  """The LayerNorm the model used before: its backward left to autodiff."""
+  saved = layers.LayerNorm.__call__
+
+  def call(self, x):
+    x32 = x.astype(jnp.float32)
+    mean = x32.mean(-1, keepdims=True)
+    y = (x32 - mean) * jax.lax.rsqrt(jnp.square(x32 - mean).mean(-1, keepdims=True) + self.eps)
+    return (y * self.scale[...].astype(jnp.float32) + self.bias[...].astype(jnp.float32)).astype(self.dtype)
+
+  layers.LayerNorm.__call__ = call
+  try:
+    yield
+  finally:
+    layers.LayerNorm.__call__ = saved
+
+
+@contextlib.contextmanager
 def _prng(impl: str):
   saved = jax.config.jax_default_prng_impl
   jax.config.update('jax_default_prng_impl', impl)
@@ -167,6 +185,8 @@ VARIANTS = {
                          patch=lambda batch: _erfc_gelu()),
     'separate_qkv': Variant('three Q/K/V matmuls on slices of the fused kernel (B) vs one fused matmul (A)',
                             patch=lambda batch: _separate_qkv()),
+    'autodiff_layer_norm': Variant("LayerNorm's backward by autodiff (B) vs written out (A)",
+                                   patch=lambda batch: _autodiff_layer_norm()),
     'eigen_dots': Variant("XLA:CPU's own (Eigen) matmuls (B) vs YNNPACK matmul fusions (A)",
                           xla_options={'xla_cpu_experimental_ynn_fusion_type': ''}),
     'no_dropout': Variant('no dropout at all (B) vs dropout 0.1 (A): what dropout costs',

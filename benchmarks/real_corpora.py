@@ -137,8 +137,10 @@ def converted_init(hf_dir: str, workdir: str) -> str:
 # ----------------------------------------------------------------------------- the project's runs
 
 
-def model_overrides(vocab: str, acoustic_dim: int) -> dict:
-  return {'data.tokenizer.path': vocab, 'model.visual_dim': 0, 'model.acoustic_dim': acoustic_dim}
+def model_overrides(init: str, vocab: str, acoustic_dim: int) -> dict:
+  """The model's shape is the init checkpoint's (any BERT size), with no visual input."""
+  return {**{f'model.{field}': value for field, value in init_checkpoint.model_shape(init).items()},
+          'data.tokenizer.path': vocab, 'model.visual_dim': 0, 'model.acoustic_dim': acoustic_dim}
 
 
 def finetune_overrides(args) -> dict:
@@ -284,12 +286,12 @@ def text_benchmark(args) -> None:
   text = write_dataset(unlabelled, os.path.join(workdir, 'data', 'transcripts'), None)
   init = converted_init(args.hf_dir, workdir)
   vocab = os.path.join(init, 'vocab.txt')
-  shared = model_overrides(vocab, 0)
+  shared = model_overrides(init, vocab, 0)
   pretrain = dict(
       config=f'configs/pretrain.py:mini,mesh=cpu,stage=text,steps={args.text_stage_steps}',
       overrides={**shared, 'data.train': text, 'init.checkpoint': init, 'batch_size': 32, 'per_device_batch': 32,
                  'data.text_buckets': (32, 64), 'optim.learning_rate': 1e-4, 'checkpoint.every_steps': 100},
-      variants={'text_stage': {}})
+      variants={'text_stage': {}}) if args.text_stage_steps else None
   experiments = finetune_sweep(
       f'configs/finetune.py:model=mini,mesh=cpu,protocol=given,steps={args.steps},lr={args.lr}',
       {**shared, 'data.train': data, 'init.checkpoint': init, **finetune_overrides(args),
@@ -297,7 +299,8 @@ def text_benchmark(args) -> None:
       {'seed': list(range(args.seeds)), 'fraction': [float(f) for f in args.fractions.split(',')]},
       [*({'mode': 'prompt', 'finetune.prompt_loss': loss} for loss in args.prompt_losses.split(',')),
        {'mode': 'cls'}],
-      ('pretrain', 'mode', 'finetune.prompt_loss', 'fraction'), pretrain=pretrain, init=('none', 'pretrain'))
+      ('pretrain', 'mode', 'finetune.prompt_loss', 'fraction'), pretrain=pretrain,
+      init=('none', 'pretrain') if pretrain else ('none',))
   rows = [{**row, 'mode': PROMPT_LOSS_ROWS.get(row.get('finetune.prompt_loss'), row['mode'])}
           for row in run_rows(experiments, os.path.join(workdir, 'runs'))]
   baseline_rows = []
@@ -318,10 +321,12 @@ def text_benchmark(args) -> None:
   print_table(table, key)
   get = lambda *k: table.get(tuple(k))  # noqa: E731
   prompts = [PROMPT_LOSS_ROWS[loss] for loss in args.prompt_losses.split(',')]
+  inits = ('text_stage', 'none') if pretrain else ('none',)
   claims = [(f'{m} beats [CLS] at 10 % of the labels ({p})', get(p, m, '0.1'), get(p, 'cls', '0.1'), False)
-            for p in ('text_stage', 'none') for m in prompts]
-  claims += [(f'the text stage helps {m} at 10 %', get('text_stage', m, '0.1'), get('none', m, '0.1'), False)
-             for m in prompts]
+            for p in inits for m in prompts]
+  if pretrain:
+    claims += [(f'the text stage helps {m} at 10 %', get('text_stage', m, '0.1'), get('none', m, '0.1'), False)
+               for m in prompts]
   for fraction in ('1.0', '0.1'):
     claims.append((f'project [CLS] at least as good as transformers [CLS] ({fraction})',
                    get('none', 'cls', fraction), get('transformers', 'cls', fraction), True))
@@ -343,7 +348,7 @@ def speech_benchmark(args) -> None:
   init = args.init or converted_init(args.hf_dir, workdir)
   vocab = os.path.join(args.hf_dir, 'vocab.txt')
   folds = [int(f) for f in args.folds.split(',')]
-  shared = {**model_overrides(vocab, acoustic_dim), 'init.checkpoint': init,
+  shared = {**model_overrides(init, vocab, acoustic_dim), 'init.checkpoint': init,
             'data.text_buckets': (32,), 'data.max_acoustic_frames': extractor.max_frames,
             'data.acoustic_buckets': (extractor.max_frames,)}
   if args.acoustic_lr_multiplier != 1:
@@ -433,7 +438,8 @@ def main(argv: Sequence[str] | None = None) -> None:
   parser.add_argument('--eval_every', type=int, default=50, help='validation every this many steps')
   parser.add_argument('--fractions', default='0.1,1.0', help='text: shares of the training labels')
   parser.add_argument('--lr', type=float, default=5e-5, help='peak finetuning learning rate')
-  parser.add_argument('--text_stage_steps', type=int, default=200)
+  parser.add_argument('--text_stage_steps', type=int, default=200,
+                      help='text: MLM steps of the text stage; 0 leaves it out (an init whose MLM head is trained)')
   parser.add_argument('--pretrain_steps', type=int, default=0,
                       help='speech: steps of a multimodal stage on the unlabelled clips outside the folds\' '
                       'held-out sessions (0: none); the init as it is and the stage\'s export are both finetuned')

@@ -100,6 +100,11 @@ def read_metadata(init_dir: str | pathlib.Path) -> dict[str, Any]:
   return json.loads((init_dir / METADATA_FILE).read_text())
 
 
+def model_shape(init_dir: str | pathlib.Path) -> dict[str, Any]:
+  """The CONFIG_FIELDS values the model must have to load this init checkpoint (any BERT size)."""
+  return {field: read_metadata(init_dir)['config'][field] for field in CONFIG_FIELDS}
+
+
 def check_config(init_dir: str | pathlib.Path, cfg: Mapping[str, Any]) -> dict[str, Any]:
   """Raises unless the model config agrees with the init checkpoint on every CONFIG_FIELDS entry; returns metadata."""
   metadata = read_metadata(init_dir)

@@ -31,7 +31,7 @@ TOLERANCE = 1e-4
 
 def _config(init_dir: pathlib.Path, **overrides):
   cfg = model_config('tiny')
-  cfg.update(init_checkpoint.read_metadata(init_dir)['config'])
+  cfg.update(init_checkpoint.model_shape(init_dir))
   cfg.update(overrides)
   return cfg
 

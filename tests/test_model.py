@@ -21,6 +21,7 @@ from configs import pretrain
 from configs.common import LOGICAL_AXIS_RULES, MESH_AXES
 from memobert_jax.training import optimizer as optimizer_lib
 from memobert_jax import sharding
+from memobert_jax.model import layers
 from memobert_jax.training import aot, setup, train_state
 from memobert_jax.training.step import make_train_step
 from memobert_jax.training.tasks import PRETRAINING_TASKS, TASKS
@@ -425,6 +426,25 @@ def test_bfloat16_compute_keeps_float32_parameters_and_gives_finite_losses(cfg, 
   reference = encode(model, model_inputs(batch, *FRAME_MODALITIES))
   error = np.asarray(hidden, np.float32)[reference['valid']] - reference['hidden'][reference['valid']]
   assert np.linalg.norm(error) <= 0.02 * np.linalg.norm(reference['hidden'][reference['valid']])
+
+
+def test_layer_norm_gradients_equal_autodiff_of_the_formula():
+  """The written-out backward against autodiff of the plain formula, on rows far from zero mean."""
+  x_key, scale_key, bias_key, cotangent_key = jax.random.split(jax.random.key(0), 4)
+  x = 3.0 * jax.random.normal(x_key, (2, 5, 64)) + 1.5
+  scale, bias = 1.0 + jax.random.normal(scale_key, (64,)), jax.random.normal(bias_key, (64,))
+  cotangent = jax.random.normal(cotangent_key, x.shape)
+
+  def formula(x, scale, bias):
+    mean = x.mean(-1, keepdims=True)
+    return (x - mean) / jnp.sqrt(jnp.square(x - mean).mean(-1, keepdims=True) + 1e-12) * scale + bias
+
+  def gradients(norm):
+    return jax.jit(jax.grad(lambda *args: (norm(*args) * cotangent).sum(), argnums=(0, 1, 2)))(x, scale, bias)
+
+  ours = gradients(lambda x, scale, bias: layers.layer_norm(x, scale, bias, 1e-12))
+  for name, got, want in zip(('x', 'scale', 'bias'), ours, gradients(formula)):
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * float(jnp.abs(want).max()), err_msg=name)
 
 
 # 8. Weight decay mask.

@@ -7,6 +7,7 @@ sharded by jitting the constructor with `out_shardings`, so building a model
 needs no mesh.
 """
 
+import functools
 from collections.abc import Sequence
 
 import jax
@@ -89,6 +90,36 @@ class Dense(nnx.Module):
     return y
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def layer_norm(x: jax.Array, scale: jax.Array, bias: jax.Array, eps: float) -> jax.Array:
+  """LayerNorm over the last axis (float32 in and out).
+
+  The backward is written out from the saved normalised input and 1/std: on CPU it measured 1-2 % faster
+  per base step than autodiff's, with 170 MB less temporary memory (docs/PERFORMANCE.md).
+  """
+  return _layer_norm_forward(x, scale, bias, eps)[0]
+
+
+def _layer_norm_forward(x, scale, bias, eps):
+  centred = x - x.mean(-1, keepdims=True)
+  inverse_std = jax.lax.rsqrt(jnp.square(centred).mean(-1, keepdims=True) + eps)
+  normed = centred * inverse_std
+  return normed * scale + bias, (normed, inverse_std, scale)
+
+
+def _layer_norm_backward(eps, residuals, dy):
+  del eps
+  normed, inverse_std, scale = residuals
+  leading = tuple(range(dy.ndim - 1))
+  d_normed = dy * scale
+  dx = inverse_std * (d_normed - d_normed.mean(-1, keepdims=True)
+                      - normed * (d_normed * normed).mean(-1, keepdims=True))
+  return dx, (dy * normed).sum(leading), dy.sum(leading)
+
+
+layer_norm.defvjp(_layer_norm_forward, _layer_norm_backward)
+
+
 class LayerNorm(nnx.Module):
   """LayerNorm computed in float32 whatever the compute dtype, then cast back."""
 
@@ -99,12 +130,8 @@ class LayerNorm(nnx.Module):
     self.bias = constant_param(0.0, (size,), ('norm',), param_dtype)
 
   def __call__(self, x: jax.Array) -> jax.Array:
-    x32 = x.astype(jnp.float32)
-    mean = x32.mean(-1, keepdims=True)
-    var = jnp.square(x32 - mean).mean(-1, keepdims=True)
-    y = (x32 - mean) * jax.lax.rsqrt(var + self.eps)
-    y = y * self.scale[...].astype(jnp.float32) + self.bias[...].astype(jnp.float32)
-    return y.astype(self.dtype)
+    f32 = lambda v: v.astype(jnp.float32)  # noqa: E731
+    return layer_norm(f32(x), f32(self.scale[...]), f32(self.bias[...]), self.eps).astype(self.dtype)
 
 
 class Embed(nnx.Module):
