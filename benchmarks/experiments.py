@@ -147,6 +147,25 @@ def _autodiff_layer_norm():
 
 
 @contextlib.contextmanager
+def _batched_dense():
+  """The Dense layer the model used before: contracting its input as [batch, length, in], so the weight
+  gradient contracts two leading axes."""
+  saved = layers.Dense.__call__
+
+  def call(self, x):
+    n = self.num_in_axes
+    contract = (tuple(range(x.ndim - n, x.ndim)), tuple(range(n)))
+    y = jax.lax.dot_general(x.astype(self.dtype), self.kernel[...].astype(self.dtype), (contract, ((), ())))
+    return y + self.bias[...].astype(self.dtype) if self.bias is not None else y
+
+  layers.Dense.__call__ = call
+  try:
+    yield
+  finally:
+    layers.Dense.__call__ = saved
+
+
+@contextlib.contextmanager
 def _prng(impl: str):
   saved = jax.config.jax_default_prng_impl
   jax.config.update('jax_default_prng_impl', impl)
@@ -187,6 +206,8 @@ VARIANTS = {
                             patch=lambda batch: _separate_qkv()),
     'autodiff_layer_norm': Variant("LayerNorm's backward by autodiff (B) vs written out (A)",
                                    patch=lambda batch: _autodiff_layer_norm()),
+    'batched_dense': Variant('Dense contracting [batch, length, in] (B) vs a [batch * length, in] view (A)',
+                             patch=lambda batch: _batched_dense()),
     'eigen_dots': Variant("XLA:CPU's own (Eigen) matmuls (B) vs YNNPACK matmul fusions (A)",
                           xla_options={'xla_cpu_experimental_ynn_fusion_type': ''}),
     'no_dropout': Variant('no dropout at all (B) vs dropout 0.1 (A): what dropout costs',
