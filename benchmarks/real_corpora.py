@@ -322,14 +322,15 @@ def text_benchmark(args) -> None:
   get = lambda *k: table.get(tuple(k))  # noqa: E731
   prompts = [PROMPT_LOSS_ROWS[loss] for loss in args.prompt_losses.split(',')]
   inits = ('text_stage', 'none') if pretrain else ('none',)
-  claims = [(f'{m} beats [CLS] at 10 % of the labels ({p})', get(p, m, '0.1'), get(p, 'cls', '0.1'), False)
-            for p in inits for m in prompts]
+  fractions = [str(float(f)) for f in args.fractions.split(',')]
+  percent = lambda fraction: f'{100 * float(fraction):g} %'  # noqa: E731
+  claims = [(f'{m} beats [CLS] at {percent(f)} of the labels ({p})', get(p, m, f), get(p, 'cls', f), False)
+            for f in fractions for p in inits for m in prompts]
   if pretrain:
-    claims += [(f'the text stage helps {m} at 10 %', get('text_stage', m, '0.1'), get('none', m, '0.1'), False)
-               for m in prompts]
-  for fraction in ('1.0', '0.1'):
-    claims.append((f'project [CLS] at least as good as transformers [CLS] ({fraction})',
-                   get('none', 'cls', fraction), get('transformers', 'cls', fraction), True))
+    claims += [(f'the text stage helps {m} at {percent(f)}', get('text_stage', m, f), get('none', m, f), False)
+               for f in fractions for m in prompts]
+  claims += [(f'project [CLS] at least as good as transformers [CLS] ({percent(f)})',
+              get('none', 'cls', f), get('transformers', 'cls', f), True) for f in fractions]
   print(evaluation.claims_table(claims))
 
 
@@ -429,7 +430,7 @@ def main(argv: Sequence[str] | None = None) -> None:
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument('benchmark', choices=('text', 'speech'))
   parser.add_argument('--corpus', required=True, help='your copy of MELD (text) or RAVDESS speech (speech)')
-  parser.add_argument('--hf_dir', required=True, help='Hugging Face BERT folder (config.json, vocab.txt, weights)')
+  parser.add_argument('--hf_dir', required=True, help='Hugging Face BERT folder (config.json, vocab.txt or tokenizer.json, weights)')
   parser.add_argument('--workdir', required=True)
   parser.add_argument('--init', default='', help='speech: an init checkpoint (default: the converted --hf_dir)')
   parser.add_argument('--seeds', type=int, default=3)

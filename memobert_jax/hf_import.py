@@ -1,7 +1,7 @@
 """Hugging Face BERT checkpoint -> the text part of MEmoBERT, as an orbax checkpoint a config can start from.
 
-A Hugging Face BERT folder holds config.json, vocab.txt and the weights as
-model.safetensors or pytorch_model.bin. Both are read without torch: the .bin
+A Hugging Face BERT folder holds config.json, vocab.txt (or only a fast tokenizer's
+tokenizer.json) and the weights as model.safetensors or pytorch_model.bin. Both are read without torch: the .bin
 file is torch's zip format (a pickle that points at raw storages), read by a
 restricted unpickler that only rebuilds tensors.
 
@@ -21,7 +21,6 @@ import json
 import pathlib
 import pickle
 import re
-import shutil
 import zipfile
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
@@ -33,6 +32,7 @@ from safetensors.numpy import load_file as load_safetensors
 from memobert_jax import init_checkpoint
 
 VOCAB_FILE = 'vocab.txt'
+TOKENIZER_FILE = 'tokenizer.json'  # a fast tokenizer's file, where a folder has no vocab.txt
 # Looked for in this order when no weights file is named.
 WEIGHT_FILES = ('model.safetensors', 'pytorch_model.bin')
 
@@ -306,18 +306,38 @@ def load_hf_bert(hf_dir: str | pathlib.Path, weights_file: str | None = None
   return fields, convert_state_dict(read_weights(weights_path(hf_dir, weights_file)), fields)
 
 
+def vocabulary(hf_dir: pathlib.Path) -> tuple[str, pathlib.Path]:
+  """The folder's WordPiece vocabulary as vocab.txt text, and the file it came from.
+
+  From vocab.txt, or else from a fast tokenizer's tokenizer.json (newer folders ship only that), whose
+  WordPiece ids must run 0..n-1.
+  """
+  if (hf_dir / VOCAB_FILE).is_file():
+    return (hf_dir / VOCAB_FILE).read_text(encoding='utf-8'), hf_dir / VOCAB_FILE
+  source = hf_dir / TOKENIZER_FILE
+  if not source.is_file():
+    raise FileNotFoundError(f'{hf_dir} has neither {VOCAB_FILE} nor {TOKENIZER_FILE}: the tokenizer needs the '
+                            'vocabulary the weights go with')
+  model = json.loads(source.read_text(encoding='utf-8')).get('model', {})
+  if model.get('type') != 'WordPiece':
+    raise ValueError(f'{source}: the tokenizer model is {model.get("type")!r}, not WordPiece (BERT\'s)')
+  by_id = sorted(model['vocab'].items(), key=lambda item: item[1])
+  if [token_id for _, token_id in by_id] != list(range(len(by_id))):
+    raise ValueError(f'{source}: the WordPiece ids are not 0..{len(by_id) - 1} without gaps')
+  return ''.join(f'{token}\n' for token, _ in by_id), source
+
+
 def convert(hf_dir: str | pathlib.Path, output: str | pathlib.Path, *, weights_file: str | None = None,
             overwrite: bool = False) -> dict[str, Any]:
   """Converts a Hugging Face BERT folder into an init directory (layout in the module doc); returns its metadata."""
   hf_dir, output = pathlib.Path(hf_dir).resolve(), pathlib.Path(output).resolve()
-  if not (hf_dir / VOCAB_FILE).is_file():
-    raise FileNotFoundError(f'{hf_dir} has no {VOCAB_FILE}: the tokenizer needs the vocabulary the weights go with')
+  vocab, vocab_source = vocabulary(hf_dir)
   weights = weights_path(hf_dir, weights_file)
   fields, params = load_hf_bert(hf_dir, weights.name)
-  vocab_lines = len((hf_dir / VOCAB_FILE).read_text(encoding='utf-8').splitlines())
+  vocab_lines = len(vocab.splitlines())
   if vocab_lines > fields['vocab_size']:
-    raise ValueError(f'{hf_dir / VOCAB_FILE} has {vocab_lines} tokens, more than vocab_size {fields["vocab_size"]}')
+    raise ValueError(f'{vocab_source} has {vocab_lines} tokens, more than vocab_size {fields["vocab_size"]}')
   metadata = init_checkpoint.save(output, params, fields, source=str(hf_dir), overwrite=overwrite,
                                   weights_file=weights.name)
-  shutil.copyfile(hf_dir / VOCAB_FILE, output / VOCAB_FILE)
+  (output / VOCAB_FILE).write_text(vocab, encoding='utf-8')
   return metadata

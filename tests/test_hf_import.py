@@ -220,6 +220,28 @@ def test_old_layer_norm_names_and_bare_keys(tmp_path, tiny_tensors):
     np.testing.assert_array_equal(params[path], value, err_msg=path)
 
 
+def test_a_folder_with_only_tokenizer_json_gives_the_same_vocabulary(tmp_path, tiny_tensors):
+  folder = _hf_folder(tmp_path, tiny_tensors)
+  tokens = (folder / 'vocab.txt').read_text(encoding='utf-8').splitlines()
+  (folder / 'vocab.txt').unlink()
+  shuffled = dict(sorted({token: i for i, token in enumerate(tokens)}.items()))  # json order is not id order
+  tokenizer = {'model': {'type': 'WordPiece', 'unk_token': '[UNK]', 'vocab': shuffled}}
+  (folder / 'tokenizer.json').write_text(json.dumps(tokenizer), encoding='utf-8')
+  hf_import.convert(folder, tmp_path / 'init')
+  assert (tmp_path / 'init' / 'vocab.txt').read_text(encoding='utf-8') == (TINY_DIR / 'vocab.txt').read_text(
+      encoding='utf-8')
+  del shuffled[tokens[3]]
+  (folder / 'tokenizer.json').write_text(json.dumps(tokenizer), encoding='utf-8')
+  with pytest.raises(ValueError, match=r'tokenizer.json: the WordPiece ids are not 0\.\.'):
+    hf_import.convert(folder, tmp_path / 'init2')
+  (folder / 'tokenizer.json').write_text(json.dumps({'model': {'type': 'BPE', 'vocab': {}}}), encoding='utf-8')
+  with pytest.raises(ValueError, match="tokenizer model is 'BPE', not WordPiece"):
+    hf_import.convert(folder, tmp_path / 'init3')
+  (folder / 'tokenizer.json').unlink()
+  with pytest.raises(FileNotFoundError, match='has neither vocab.txt nor tokenizer.json'):
+    hf_import.convert(folder, tmp_path / 'init4')
+
+
 def test_unknown_and_missing_keys_are_named(tmp_path, tiny_tensors):
   extra = dict(tiny_tensors, **{'bert.encoder.layer.0.crossattention.self.query.weight': np.zeros((32, 32))})
   with pytest.raises(ValueError, match=r'does not: bert\.encoder\.layer\.0\.crossattention\.self\.query\.weight'):
