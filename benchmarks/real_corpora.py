@@ -430,7 +430,8 @@ def main(argv: Sequence[str] | None = None) -> None:
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument('benchmark', choices=('text', 'speech'))
   parser.add_argument('--corpus', required=True, help='your copy of MELD (text) or RAVDESS speech (speech)')
-  parser.add_argument('--hf_dir', required=True, help='Hugging Face BERT folder (config.json, vocab.txt or tokenizer.json, weights)')
+  parser.add_argument('--hf_dir', required=True,
+                      help='Hugging Face BERT folder (config.json, vocab.txt or tokenizer.json, weights)')
   parser.add_argument('--workdir', required=True)
   parser.add_argument('--init', default='', help='speech: an init checkpoint (default: the converted --hf_dir)')
   parser.add_argument('--seeds', type=int, default=3)

@@ -102,7 +102,8 @@ def read_metadata(init_dir: str | pathlib.Path) -> dict[str, Any]:
 
 def model_shape(init_dir: str | pathlib.Path) -> dict[str, Any]:
   """The CONFIG_FIELDS values the model must have to load this init checkpoint (any BERT size)."""
-  return {field: read_metadata(init_dir)['config'][field] for field in CONFIG_FIELDS}
+  saved = read_metadata(init_dir)['config']
+  return {field: saved[field] for field in CONFIG_FIELDS}
 
 
 def check_config(init_dir: str | pathlib.Path, cfg: Mapping[str, Any]) -> dict[str, Any]:
