@@ -346,8 +346,9 @@ def speech_benchmark(args) -> None:
   labelled, clips = ravdess_records(args.corpus)
   data = write_dataset(labelled, os.path.join(workdir, 'data', 'labelled' + suffix), LABELS,
                        acoustic_config=extractor, workers=2)
-  init = args.init or converted_init(args.hf_dir, workdir)
-  vocab = os.path.join(args.hf_dir, 'vocab.txt')
+  converted = converted_init(args.hf_dir, workdir)
+  init = args.init or converted
+  vocab = os.path.join(converted, 'vocab.txt')  # written by the converter, also from a tokenizer.json
   folds = [int(f) for f in args.folds.split(',')]
   shared = {**model_overrides(init, vocab, acoustic_dim), 'init.checkpoint': init,
             'data.text_buckets': (32,), 'data.max_acoustic_frames': extractor.max_frames,
