@@ -6,6 +6,8 @@ PY := $(VENV)/bin/python
 DEMO_DIR ?= demo_out
 # Eight fake CPU devices, so the sharding tests run anywhere.
 TEST_ENV := XLA_FLAGS=--xla_force_host_platform_device_count=8 JAX_PLATFORMS=cpu
+# Test processes (pytest-xdist); each fakes eight devices, so more than the cores only adds memory.
+TEST_WORKERS ?= 2
 
 .PHONY: demo test venv clean
 
@@ -21,7 +23,7 @@ demo: venv
 	JAX_PLATFORMS=cpu $(PY) scripts/demo.py --workdir $(DEMO_DIR)
 
 test: venv
-	$(TEST_ENV) $(PY) -m pytest -q --durations=15 tests
+	$(TEST_ENV) $(PY) -m pytest -q -n $(TEST_WORKERS) --durations=15 tests
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR)
