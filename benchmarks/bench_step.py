@@ -28,6 +28,10 @@ examples/s. On CPU the cpu preset's allocator setting (setup.reuse_freed_host_me
 `--torch --isolated_rounds N` runs every framework alone in a process of its own instead, one after the other
 and round after round (JAX, then each reference), so that none shares a heap or an OpenMP pool with another;
 each round's ratio compares the medians of its processes' timed steps, and the spread is over the rounds.
+
+`--mesh` picks the CPU mesh preset whose XLA options compile the step (and the matmul peak it is measured
+against): `cpu`, or `cpu-onednn` for oneDNN's matmuls (configs/common.py). With --isolated_rounds it may
+name several, `--mesh cpu,cpu-onednn`: one JAX process each per round, each compared with the references.
 """
 
 import argparse
@@ -57,9 +61,9 @@ BERT_SPECIAL_IDS = dict(pad_id=0, unk_id=100, cls_id=101, sep_id=102, mask_id=10
 
 
 def make_config(model: str, *, batch: int, dtype: str = 'float32', text_len: int = 32, visual_len: int = 36,
-                acoustic_len: int = 64, **model_overrides) -> ConfigDict:
+                acoustic_len: int = 64, mesh: str = 'cpu', **model_overrides) -> ConfigDict:
   """The pretraining config for one micro-batch of `batch` examples at one fixed shape per modality."""
-  config = pretrain.get_config(f'{model},mesh=cpu')
+  config = pretrain.get_config(f'{model},mesh={mesh}')
   config.batch_size = config.per_device_batch = batch
   config.model.dtype = dtype
   config.model.update(model_overrides)
@@ -101,8 +105,10 @@ def cpu_seconds() -> float:
   return usage.ru_utime + usage.ru_stime
 
 
-def matmul_peak(sizes: tuple[int, ...] = (1024, 2048, 3072), repeats: int = 5) -> dict[str, float]:
-  """The best dense f32 matmul rate of `jnp.dot` over square sizes, each the best of `repeats` runs.
+def matmul_peak(compiler_options: dict | None = None, sizes: tuple[int, ...] = (1024, 2048, 3072),
+                repeats: int = 5) -> dict[str, float]:
+  """The best dense f32 matmul rate of `jnp.dot` over square sizes, each the best of `repeats` runs, compiled
+  with the step's XLA options (its matmul library).
 
   Two rates: per wall-clock second (the device's peak when nothing else runs) and per CPU-second of this
   process (the peak of one busy core; on a shared machine it still holds when other jobs take cores away).
@@ -110,7 +116,7 @@ def matmul_peak(sizes: tuple[int, ...] = (1024, 2048, 3072), repeats: int = 5) -
   best, best_per_cpu = {}, 0.0
   for n in sizes:
     a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
-    dot = jax.jit(jnp.dot)
+    dot = jax.jit(jnp.dot, compiler_options=compiler_options)
     dot(a, a).block_until_ready()
     times = []
     for _ in range(repeats):
@@ -123,6 +129,12 @@ def matmul_peak(sizes: tuple[int, ...] = (1024, 2048, 3072), repeats: int = 5) -
   if jax.default_backend() == 'cpu':
     peak['peak_flops_per_cpu_s'] = best_per_cpu
   return peak
+
+
+def best_matmul_peak(meshes: list[str], model: str) -> dict[str, float]:
+  """matmul_peak under each mesh preset's XLA options, the best of them: the peak every step is measured against."""
+  peaks = [matmul_peak(setup.compiler_options(make_config(model, batch=1, mesh=mesh))) for mesh in meshes]
+  return {key: max(peak[key] for peak in peaks) for key in peaks[0]}
 
 
 class JaxStep:
@@ -214,7 +226,7 @@ def bench_task(jax_step: JaxStep, config: ConfigDict, task: str, steps: int,
   """Times the task's JAX step, alternating with each torch reference (by encoder name) step by step."""
   torch_trainers = torch_trainers or {}
   batch = host_batch(config, task, np.random.default_rng(0))
-  result = {'task': task, **jax_step.compile(task, batch)}
+  result = {'task': task, 'mesh': config.mesh.name, **jax_step.compile(task, batch)}
   device_batch = jax_step.device_batch(batch)
   runners = {'jax': lambda: jax_step.run(task, device_batch)}
   if torch_trainers:
@@ -256,7 +268,7 @@ def bench_alone(config: ConfigDict, task: str, steps: int, framework: str) -> di
   examples, tokens = config.batch_size, valid_tokens(batch)
   if framework == 'jax':
     jax_step = JaxStep(config)
-    result = {'task': task, **jax_step.compile(task, batch)}
+    result = {'task': task, 'mesh': config.mesh.name, **jax_step.compile(task, batch)}
     device_batch = jax_step.device_batch(batch)
     times, usage = _timed_steps(lambda: jax_step.run(task, device_batch), steps)
     _add_jax_timings(result, times, usage, examples, tokens)
@@ -270,13 +282,13 @@ def bench_alone(config: ConfigDict, task: str, steps: int, framework: str) -> di
   return result
 
 
-def bench_isolated(step_options: list[str], task: str, rounds: int, encoders: list[str],
-                   torch_allocators: list[str]) -> dict:
-  """Rounds of one process per framework, one after the other: JAX's timings, each reference's (under each of
-  `torch_allocators`: 'preset', the cpu preset's as JAX has it, or glibc's 'default'), and the spread over the
-  rounds of the ratio of their median steps."""
+def bench_isolated(step_options: list[str], task: str, rounds: int, meshes: list[str], encoders: list[str],
+                   torch_allocators: list[str]) -> list[dict]:
+  """Rounds of one process per framework, one after the other: JAX's timings under each mesh preset of `meshes`,
+  each reference's (under each of `torch_allocators`: 'preset', the cpu preset's as JAX has it, or glibc's
+  'default'), and per JAX mesh the spread over the rounds of the ratio of their median steps."""
   # Row name -> (framework, its process's options).
-  processes = {'jax': ('jax', step_options)}
+  processes = {f'jax {mesh}': ('jax', step_options + [f'--mesh={mesh}']) for mesh in meshes}
   for encoder in encoders:
     for allocator in torch_allocators:
       name = encoder if allocator == 'preset' else f'{encoder}, glibc default'
@@ -290,18 +302,23 @@ def bench_isolated(step_options: list[str], task: str, rounds: int, encoders: li
         with open(output.name) as f:
           runs[name].append(json.load(f)['results'][0])
       print(f'round {round_index + 1}/{rounds} {name:30s} step {runs[name][-1]["step_s_median"]:.3f}s', flush=True)
-  # JAX's row: its fastest round's timings (FLOPs and memory are the same in every round).
-  result = min(runs['jax'], key=lambda r: r['step_s_median'])
-  result['rounds'] = {name: [r['step_s_median'] for r in results] for name, results in runs.items()}
-  references = [name for name in processes if name != 'jax']
-  result['torch'] = {name: min(runs[name], key=lambda r: r['step_s_median']) for name in references}
-  result['jax_over_torch'] = {name: _spread([t['step_s_median'] / j['step_s_median']
-                                             for j, t in zip(runs['jax'], runs[name])]) for name in references}
-  return result
+  references = [name for name, (framework, _) in processes.items() if framework != 'jax']
+  results = []
+  for mesh in meshes:
+    jax_runs = runs[f'jax {mesh}']
+    # A JAX row: its fastest round's timings (FLOPs and memory are the same in every round).
+    result = dict(min(jax_runs, key=lambda r: r['step_s_median']), mesh=mesh)
+    result['rounds'] = {name: [r['step_s_median'] for r in timings] for name, timings in runs.items()}
+    result['torch'] = {name: min(runs[name], key=lambda r: r['step_s_median']) for name in references}
+    result['jax_over_torch'] = {name: _spread([t['step_s_median'] / j['step_s_median']
+                                               for j, t in zip(jax_runs, runs[name])]) for name in references}
+    results.append(result)
+  return results
 
 
 def _line(result: dict) -> str:
-  line = (f'{result["task"]:20s} {result["examples_per_s"]:8.2f} ex/s {result["tokens_per_s"]:9.0f} tok/s  step '
+  line = (f'{result["task"]:20s} {result["mesh"]:10s} {result["examples_per_s"]:8.2f} ex/s '
+          f'{result["tokens_per_s"]:9.0f} tok/s  step '
           f'{result["step_s_median"]:.3f}s [{result["step_s_min"]:.3f}-{result["step_s_max"]:.3f}]  '
           f'{result["flops_per_step"] / 1e9:8.1f} GFLOP  {result["achieved_flops"] / 1e9:6.1f} GFLOP/s '
           f'({100 * result["fraction_of_peak"]:.0f}% of peak, '
@@ -334,6 +351,9 @@ def main(argv: list[str]) -> None:
   parser.add_argument('--batch', type=int, default=16)
   parser.add_argument('--dtype', default='float32', choices=('float32', 'bfloat16'))
   parser.add_argument('--task', default='all', choices=('all',) + TASKS)
+  parser.add_argument('--mesh', default='cpu',
+                      help="the mesh preset whose XLA options compile the step: 'cpu' or 'cpu-onednn' (oneDNN's "
+                           "matmuls); with --isolated_rounds a comma-separated list, one JAX process each")
   parser.add_argument('--steps', type=int, default=5, help='timed steps per task, after one warm-up step')
   parser.add_argument('--text_len', type=int, default=32)
   parser.add_argument('--visual_len', type=int, default=36)
@@ -371,8 +391,11 @@ def main(argv: list[str]) -> None:
     overrides.update(dropout_rate=args.dropout, attention_dropout_rate=args.dropout)
   if args.attention_dropout is not None:
     overrides['attention_dropout_rate'] = args.attention_dropout
+  meshes = args.mesh.split(',')
+  if len(meshes) > 1 and not args.isolated_rounds:
+    parser.error('several --mesh presets need --torch --isolated_rounds (one JAX process each)')
   config = make_config(args.model, batch=args.batch, dtype=args.dtype, text_len=args.text_len,
-                       visual_len=args.visual_len, acoustic_len=args.acoustic_len, **overrides)
+                       visual_len=args.visual_len, acoustic_len=args.acoustic_len, mesh=meshes[0], **overrides)
   reuse_host_memory = (config.mesh.reuse_host_memory and not args.default_allocator
                        and setup.reuse_freed_host_memory())
   report = {'device': str(jax.devices()[0].device_kind), 'platform': jax.default_backend(), 'model': args.model,
@@ -387,14 +410,15 @@ def main(argv: list[str]) -> None:
   if args.peak_tflops:
     report['peak_flops'] = args.peak_tflops * 1e12
   else:
-    report.update(matmul_peak())
+    report.update(best_matmul_peak(meshes, args.model))
   tasks = TASKS if args.task == 'all' else (args.task,)
   encoders = args.torch_encoders.split(',') if args.torch else []
   if args.isolated_rounds:
     if not args.torch:
       parser.error('--isolated_rounds compares JAX with the torch references: add --torch')
-    report['results'] = [bench_isolated(_step_options(args), task, args.isolated_rounds, encoders,
-                                        args.torch_allocators.split(',')) for task in tasks]
+    report['results'] = [result for task in tasks
+                         for result in bench_isolated(_step_options(args), task, args.isolated_rounds, meshes, encoders,
+                                                      args.torch_allocators.split(','))]
   else:
     torch_trainers = {}
     if args.torch:
@@ -408,7 +432,7 @@ def main(argv: list[str]) -> None:
     report['results'] = [bench_task(jax_step, config, task, args.steps, torch_trainers) for task in tasks]
   if not args.peak_tflops:
     # Measured again at the end, the best of both: a peak measured while other jobs ran would flatter the step.
-    again = matmul_peak()
+    again = best_matmul_peak(meshes, args.model)
     report.update({k: max(v, again[k]) for k, v in report.items() if k in again})
   report['load_after'] = _load()
   for result in report['results']:

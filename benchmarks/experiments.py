@@ -31,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks import bench_step
+from configs import common
 from memobert_jax.model import layers
 from memobert_jax.training import setup, tasks as tasks_lib
 
@@ -210,6 +211,8 @@ VARIANTS = {
                              patch=lambda batch: _batched_dense()),
     'eigen_dots': Variant("XLA:CPU's own (Eigen) matmuls (B) vs YNNPACK matmul fusions (A)",
                           xla_options={'xla_cpu_experimental_ynn_fusion_type': ''}),
+    'onednn_dots': Variant("oneDNN's matmuls, the cpu-onednn preset's (B) vs YNNPACK matmul fusions (A)",
+                           xla_options=common.ONEDNN_MATMULS),
     'no_dropout': Variant('no dropout at all (B) vs dropout 0.1 (A): what dropout costs',
                           config=dict(dropout_rate=0.0, attention_dropout_rate=0.0)),
     'bf16': Variant('bfloat16 compute (B) vs float32 (A)', config=dict(dtype='bfloat16')),

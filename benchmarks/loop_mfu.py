@@ -1,6 +1,6 @@
 """The pretraining loop's MFU and goodput next to the step benchmark's, in one process.
 
-  python -m benchmarks.loop_mfu [--model mini] [--batch 16] [--steps 12] [--json out.json]
+  python -m benchmarks.loop_mfu [--model mini] [--batch 16] [--steps 12] [--mesh cpu] [--json out.json]
 
 Both measure the MLM step of the same model at the same shapes (text 32, visual 36, acoustic 64, one
 micro-batch of --batch): the benchmark times the compiled step alone (bench_step.py); the loop
@@ -57,11 +57,12 @@ def main() -> None:
   parser.add_argument('--model', default='mini')
   parser.add_argument('--batch', type=int, default=16)
   parser.add_argument('--steps', type=int, default=12)
+  parser.add_argument('--mesh', default='cpu', help="the CPU mesh preset: 'cpu' or 'cpu-onednn' (oneDNN's matmuls)")
   parser.add_argument('--json', default=None)
   args = parser.parse_args()
-  config = bench_step.make_config(args.model, batch=args.batch)
+  config = bench_step.make_config(args.model, batch=args.batch, mesh=args.mesh)
   setup.prepare_process(config)  # the allocator the loop runs under, for the benchmark's steps too
-  peak = bench_step.matmul_peak()['peak_flops']
+  peak = bench_step.matmul_peak(setup.compiler_options(config))['peak_flops']
   bench = bench_step.bench_task(bench_step.JaxStep(config), config, 'mlm', steps=5)
   with tempfile.TemporaryDirectory() as directory:
     config.data.update(train=write_corpus(directory, config, 4 * args.batch), valid='', prefetch_batches=2)

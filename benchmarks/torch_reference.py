@@ -289,6 +289,7 @@ def check_parity() -> float:
 
   from benchmarks import bench_step
   from memobert_jax.model import MEmoBERT
+  from memobert_jax.training import setup
   from memobert_jax.training.tasks import TASKS
 
   config = bench_step.make_config('tiny', batch=4)
@@ -306,7 +307,8 @@ def check_parity() -> float:
       total, count, _ = TASKS[task](nnx.merge(graphdef, p), batch, True, None)
       return total / count
 
-    loss, grads = jax.value_and_grad(jax_loss)(params)
+    # Compiled as the training step is, with the preset's XLA options (its matmul library).
+    loss, grads = jax.jit(jax.value_and_grad(jax_loss), compiler_options=setup.compiler_options(config))(params)
     torch_batch = {k: (t.double() if t.is_floating_point() else t) for k, t in to_torch(batch).items()}
     torch_model.zero_grad()
     torch_loss = torch_model.loss(torch_batch, task)

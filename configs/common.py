@@ -30,12 +30,20 @@ MODEL_SIZES = {
 #   reuse_host_memory    keep freed host memory for the next step (glibc; setup.reuse_freed_host_memory): on
 #                        CPU the step's activations live there, and faulting them in afresh took ~30% of a base step
 #   xla_options          XLA debug options for the jitted train, validation and scoring steps only ({}: XLA's
-#                        defaults), e.g. {'xla_gpu_enable_latency_hiding_scheduler': 'true'}
+#                        defaults), e.g. {'xla_gpu_enable_latency_hiding_scheduler': True}
 # The 110M-parameter base model is data-parallel everywhere: its parameters and Adam moments (1.3 GB) fit
 # every chip, so sharding them (fsdp) or the layers (tensor) would only add communication (docs/SCALING.md).
 # Activations at these per-device batches take a few GB, so no preset recomputes them (remat='none').
+CPU = dict(shape=(-1, 1, 1), per_device_batch=16, dtype='float32', remat='none', reuse_host_memory=True)
+# XLA:CPU's matmuls by oneDNN, one dot per call, instead of its default YNNPACK ones (x86-64 jaxlib only):
+# 1.09x the base step and 1.07x the mini one, the same losses (docs/PERFORMANCE.md). XLA cannot write such
+# executables to the persistent compilation cache, from which folds, sweeps and the demo reuse their steps,
+# so the cpu preset keeps XLA's matmuls and cpu-onednn is there for long CPU runs.
+ONEDNN_MATMULS = {'xla_cpu_use_onednn': True,
+                  'xla_cpu_experimental_onednn_fusion_type': 'LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT'}
 MESHES = {
-    'cpu': dict(shape=(-1, 1, 1), per_device_batch=16, dtype='float32', remat='none', reuse_host_memory=True),
+    'cpu': CPU,
+    'cpu-onednn': dict(CPU, xla_options=ONEDNN_MATMULS),
     # One GPU: the paper's 160 x 4 accumulation.
     'gpu': dict(shape=(1, 1, 1), per_device_batch=160, dtype='bfloat16', remat='none'),
     # Every GPU of the host (8: one micro-batch of 640 per step; 4 or 2: accumulation).

@@ -3,7 +3,8 @@
 Variants: `--config configs/finetune.py:<mode>[,key=value...]`
   mode       prompt | prompt_cm (cross-modal 7-case mixture) | cls (the [CLS] head baseline)
   model      tiny | mini | base (default base)
-  mesh       cpu | gpu | gpu8 | v4-8 | v5p-8 | v5e-8 | v6e-8 | v4-32 | v5e-16 | v5e-256 (configs/common.py MESHES)
+  mesh       cpu | cpu-onednn | gpu | gpu8 | v4-8 | v5p-8 | v5e-8 | v6e-8 | v4-32 | v5e-16 | v5e-256
+             (configs/common.py MESHES)
   protocol   iemocap (10 folds) | msp_improv (12 folds) | sessions | given (the dataset's train/valid/test)
   fold       1-based fold of the protocol
   fraction   share of the training utterances kept (low-resource runs: 0.1, 0.2, 0.4, 0.6)

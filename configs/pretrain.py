@@ -2,7 +2,8 @@
 
 Variants: `--config configs/pretrain.py:<model>[,mesh=<preset>][,key=value...]`
   model  tiny | mini | base (default base: the paper's bert-base)
-  mesh   cpu | gpu | gpu8 | v4-8 | v5p-8 | v5e-8 | v6e-8 | v4-32 | v5e-16 | v5e-256 (configs/common.py MESHES)
+  mesh   cpu | cpu-onednn | gpu | gpu8 | v4-8 | v5p-8 | v5e-8 | v6e-8 | v4-32 | v5e-16 | v5e-256
+         (configs/common.py MESHES)
   steps  optimizer steps (default 40000, the paper's)
   stage  multimodal (the four MEmoBERT tasks) | text (the paper's stage 1: masked words on text alone,
          e.g. to train the MLM head of a checkpoint that has none before prompting; any shards, frames unread)

@@ -24,7 +24,7 @@ EVAL_BATCH = 32
 
 
 def make_scorer(graphdef: nnx.GraphDef, scored_ids: np.ndarray | None, *, mesh=None, rules: sharding.Rules = (),
-                param_shardings=None, compiler_options: dict[str, str] | None = None) -> Scorer:
+                param_shardings=None, compiler_options: dict[str, str | bool | int] | None = None) -> Scorer:
   """Jitted per-class scores [b, K] of a [1, b, ...] batch: the label words' logits at [MASK], or the [CLS]
   head's when `scored_ids` is None. With a mesh, laid out as training lays out its batches."""
 

@@ -6,6 +6,7 @@ seconds of op-by-op compilation); conftest gives 8 fake CPU devices for the shar
 """
 
 import functools
+import platform
 
 import jax
 import jax.numpy as jnp
@@ -304,6 +305,35 @@ def test_the_train_step_compiles_with_the_configs_xla_options(cfg, sharded, mesh
   assert 'ynn_fusion' not in compiled_text({'xla_cpu_experimental_ynn_fusion_type': ''})
   with pytest.raises(Exception, match='xla_cpu_no_such_option'):
     compiled_text({'xla_cpu_no_such_option': 'true'})
+
+
+@pytest.mark.skipif(platform.machine().lower() not in ('x86_64', 'amd64'), reason='jaxlib has oneDNN on x86-64 only')
+def test_the_onednn_preset_trains_every_task_to_xlas_losses(cfg):
+  """mesh=cpu-onednn: its matmuls are oneDNN's, every pretraining task's step runs (XLA's larger oneDNN fusions
+  abort the frame-regression steps) and each step's loss is the cpu preset's."""
+  mesh = sharding.make_mesh((1, 1, 1), MESH_AXES, devices=jax.devices()[:1])
+  optimizer = optimizer_lib.make_optimizer(optim_config())
+  batch = jax.tree.map(lambda x: x[None], make_batch(cfg))  # one micro-batch
+
+  def losses_and_hlo(preset: str) -> tuple[list[float], str]:
+    config = pretrain.get_config(f'tiny,mesh={preset}')
+    graphdef, state, shardings = train_state.create_train_state(cfg, optimizer, mesh, LOGICAL_AXIS_RULES, seed=0)
+    train_step = make_train_step(graphdef, optimizer, seed=0,
+                                 learning_rate=optimizer_lib.learning_rate_schedule(optim_config()),
+                                 state_shardings=shardings, mesh=mesh, rules=LOGICAL_AXIS_RULES,
+                                 compiler_options=setup.compiler_options(config))
+    with jax.set_mesh(mesh):
+      hlo = train_step.lower(state, batch, 'mlm').compile().as_text()
+    losses = []
+    for task in PRETRAINING_TASKS:  # in turn on one state, as pretraining draws them
+      state, metrics = train_step(state, batch, task)
+      losses.append(float(metrics[f'{task}/loss']))
+    return losses, hlo
+
+  xla_losses, xla_hlo = losses_and_hlo('cpu')
+  onednn_losses, onednn_hlo = losses_and_hlo('cpu-onednn')
+  assert 'onednn_fusion' not in xla_hlo and 'onednn_fusion' in onednn_hlo
+  np.testing.assert_allclose(onednn_losses, xla_losses, rtol=1e-5)
 
 
 def test_fsdp_gathers_the_kernels_not_the_activations(cfg, sharded, mesh, monkeypatch):

@@ -142,7 +142,7 @@ class Trainer:
     return sharding.batch_sharding(self.mesh, self.rules)
 
 
-def compiler_options(config: ConfigDict) -> dict[str, str] | None:
+def compiler_options(config: ConfigDict) -> dict[str, str | bool | int] | None:
   """The XLA options of the job's jitted steps (mesh.xla_options); None keeps XLA's defaults."""
   return dict(config.mesh.xla_options) or None
 

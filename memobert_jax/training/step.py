@@ -28,7 +28,7 @@ def dropout_key(seed: int, step: jax.Array, micro_batch: jax.Array) -> jax.Array
 
 def make_train_step(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformation, *, seed: int,
                     learning_rate: optax.Schedule, state_shardings: TrainState, mesh: Mesh,
-                    rules: sharding.Rules, compiler_options: dict[str, str] | None = None) -> StepFn:
+                    rules: sharding.Rules, compiler_options: dict[str, str | bool | int] | None = None) -> StepFn:
 
   def step(state: TrainState, batch: dict, task: str) -> tuple[TrainState, dict]:
     task_fn = TASKS[task]
@@ -67,7 +67,7 @@ def make_train_step(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformat
 
 
 def make_eval_step(graphdef: nnx.GraphDef, *, state_shardings: TrainState, mesh: Mesh, rules: sharding.Rules,
-                   compiler_options: dict[str, str] | None = None
+                   compiler_options: dict[str, str | bool | int] | None = None
                    ) -> Callable[[TrainState, dict, str], tuple[jax.Array, jax.Array]]:
   """(loss sum, target count) of a task over an [A, b, ...] batch, without dropout."""
 
