@@ -35,10 +35,11 @@ MODEL_SIZES = {
 # every chip, so sharding them (fsdp) or the layers (tensor) would only add communication (docs/SCALING.md).
 # Activations at these per-device batches take a few GB, so no preset recomputes them (remat='none').
 CPU = dict(shape=(-1, 1, 1), per_device_batch=16, dtype='float32', remat='none', reuse_host_memory=True)
-# XLA:CPU's matmuls by oneDNN, one dot per call, instead of its default YNNPACK ones (x86-64 jaxlib only):
-# 1.09x the base step and 1.07x the mini one, the same losses (docs/PERFORMANCE.md). XLA cannot write such
-# executables to the persistent compilation cache, from which folds, sweeps and the demo reuse their steps,
-# so the cpu preset keeps XLA's matmuls and cpu-onednn is there for long CPU runs.
+# XLA:CPU's matmuls by oneDNN, one dot per call (larger oneDNN fusions abort the frame-regression steps), instead
+# of its default YNNPACK ones (x86-64 jaxlib only): 1.06-1.09x the base step, 1.09x the mini one, the same
+# losses (docs/PERFORMANCE.md). XLA cannot write such executables to the persistent compilation cache, from
+# which folds, sweeps and the demo reuse their steps, so the cpu preset keeps XLA's matmuls and cpu-onednn is
+# there for long CPU runs.
 ONEDNN_MATMULS = {'xla_cpu_use_onednn': True,
                   'xla_cpu_experimental_onednn_fusion_type': 'LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT'}
 MESHES = {
