@@ -322,11 +322,12 @@ def test_the_onednn_preset_trains_every_task_to_xlas_losses(cfg):
                                  learning_rate=optimizer_lib.learning_rate_schedule(optim_config()),
                                  state_shardings=shardings, mesh=mesh, rules=LOGICAL_AXIS_RULES,
                                  compiler_options=setup.compiler_options(config))
-    with jax.set_mesh(mesh):
-      hlo = train_step.lower(state, batch, 'mlm').compile().as_text()
-    losses = []
+    losses, hlo = [], ''
     for task in PRETRAINING_TASKS:  # in turn on one state, as pretraining draws them
-      state, metrics = train_step(state, batch, task)
+      with jax.set_mesh(mesh):
+        compiled = train_step.lower(state, batch, task).compile()
+      hlo += compiled.as_text()
+      state, metrics = compiled(state, batch)
       losses.append(float(metrics[f'{task}/loss']))
     return losses, hlo
 
